@@ -1,0 +1,5 @@
+import sys
+
+from eaq.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``eaq`` command line: a thin layer over the library."""

@@ -1,0 +1,102 @@
+"""Options and set-up shared by several commands (model, data, plan)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from eaq.errors import EaqError
+from eaq.plan import Plan
+from eaq.quant import parse_granularity
+
+
+def add_model_args(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="a registered model (see `eaq models`)")
+    if weights:
+        g.add_argument(
+            "--weights",
+            default="default",
+            help=(
+                "PATH to a state dict (.th/.pt/.safetensors), 'default' (the model's local "
+                "default file, the default), 'pretrained' (timm/torchvision online weights) "
+                "or 'random'"
+            ),
+        )
+    g.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset", default=None, help="cifar10, cifar100 or imagenet (default: the model's)"
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding the data sets (default: $EAQ_DATA_ROOT, else ~/.cache/eaq/data)",
+    )
+    g.add_argument(
+        "--download", action="store_true", help="download a missing CIFAR data set (online only)"
+    )
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    g.add_argument(
+        "--batch-size", type=int, default=256, help="evaluation batch size (default 256)"
+    )
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization plan")
+    g.add_argument("--w-bits", type=int, default=8, help="weight bits, 2..16 (default 8)")
+    g.add_argument("--a-bits", type=int, default=8, help="activation bits, 2..16 (default 8)")
+    g.add_argument(
+        "--granularity",
+        default="channel",
+        help="weight granularity: tensor, channel or group:N (default channel)",
+    )
+    g.add_argument(
+        "--observer",
+        default="minmax",
+        help="activation observer: minmax, ema, percentile or mse (default minmax)",
+    )
+    g.add_argument("--w-observer", default="minmax", help="weight observer (default minmax)")
+    g.add_argument(
+        "--affine", action="store_true", help="affine (zero-point) instead of symmetric ranges"
+    )
+    g.add_argument(
+        "--quantize-first-last",
+        action="store_true",
+        help="quantize the first and last layer like the rest (default: keep them at 8 bits)",
+    )
+    g.add_argument("--plan", default=None, help="a JSON plan file (overrides the options above)")
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The plan the options describe; validated before any model or data is loaded."""
+    if args.plan is not None:
+        return Plan.load(args.plan)
+    return Plan.uniform(
+        args.w_bits,
+        args.a_bits,
+        granularity=parse_granularity(args.granularity),
+        observer=args.observer,
+        w_observer=args.w_observer,
+        symmetric=not args.affine,
+        first_last_8bit=not args.quantize_first_last,
+    )
+
+
+def check_positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise EaqError(f"{name} must be >= 1, got {value}")
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def log(msg: str) -> None:
+    """Human-readable progress that must not pollute --json output on stdout."""
+    print(msg, file=sys.stderr)

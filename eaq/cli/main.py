@@ -1,0 +1,44 @@
+"""``eaq`` entry point: sub-commands, and one place that turns user errors into exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eaq import __version__
+from eaq.cli import energy_cmd, evaluate_cmd, models_cmd, quantize_cmd
+from eaq.errors import EaqError
+
+COMMANDS = (models_cmd, quantize_cmd, evaluate_cmd, energy_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eaq",
+        description=(
+            "Energy-aware post-training quantization and mixed precision for PyTorch vision "
+            "models. Run `eaq COMMAND --help` for a command's options."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"eaq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except EaqError as e:
+        print(f"eaq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eaq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

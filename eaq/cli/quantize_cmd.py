@@ -1,0 +1,149 @@
+"""``eaq quantize``: FP32 and fake-quantized accuracy of one model under one plan."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from eaq.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_plan_args,
+    check_positive,
+    log,
+    plan_from_args,
+    print_json,
+)
+from eaq.data import calibration_batches, dataset_names, eval_batches, load_dataset
+from eaq.errors import EaqError, choices_hint
+from eaq.evaluate import evaluate
+from eaq.models import create_model, get_model_info
+from eaq.nn import calibrate_, check_plan, quantize_
+from eaq.paths import resolve_data_root
+from eaq.provenance import provenance
+from eaq.table import format_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model post-training and measure its accuracy",
+        description=(
+            "Evaluate a model in FP32, quantize it with a plan (uniform widths or --plan FILE), "
+            "calibrate on images drawn from the training split, and evaluate it again. "
+            "Example: eaq quantize --model resnet20_cifar --dataset cifar10 --w-bits 4 --a-bits 4"
+        ),
+    )
+    add_model_args(p)
+    add_data_args(p)
+    add_plan_args(p)
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib-size", type=int, default=256, help="calibration images (default 256)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
+    p.add_argument("--layers", action="store_true", help="also print the per-layer widths")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = get_model_info(args.model)
+    dataset = args.dataset or info.default_dataset
+    if dataset not in dataset_names():
+        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    plan = plan_from_args(args)
+    check_positive("--limit", args.limit)
+    check_positive("--batch-size", args.batch_size)
+    if args.calib_size < 1:
+        raise EaqError(
+            f"the calibration set is empty: --calib-size must be >= 1, got {args.calib_size}"
+        )
+    root = resolve_data_root(args.data_root)
+    torch.manual_seed(args.seed)
+
+    model = create_model(
+        args.model, num_classes=args.num_classes, weights=args.weights, data_root=root
+    )
+    test = load_dataset(dataset, "test", root, download=args.download)
+    train = load_dataset(dataset, "train", root, download=args.download)
+    n_classes = getattr(test, "num_classes", None)
+    n_out = args.num_classes or info.num_classes
+    if n_classes is not None and n_classes != n_out:
+        raise EaqError(
+            f"model {args.model} has {n_out} classes but {dataset} has {n_classes}; "
+            f"pass --num-classes {n_classes} with weights trained for it, or another --dataset"
+        )
+    check_plan(model, plan)  # fail before any evaluation
+    norm = dict(mean=info.mean, std=info.std, input_size=info.input_size)
+    batches = eval_batches(test, batch_size=args.batch_size, limit=args.limit, **norm)
+    calib = calibration_batches(train, n=args.calib_size, seed=args.seed, **norm)
+
+    fp32 = evaluate(model, batches, desc="fp32")
+    log(f"FP32: top-1 {fp32.top1:.2f}%  top-5 {fp32.top5:.2f}%  ({fp32.n_images} images)")
+    summary = quantize_(model, plan)
+    calibrate_(model, calib)
+    quant = evaluate(model, batches, desc="quantized")
+
+    weights_file = args.weights if args.weights not in ("default", "pretrained", "random") else None
+    if args.weights == "default" and info.default_weights:
+        weights_file = root / info.default_weights
+    result = {
+        "model": args.model,
+        "dataset": dataset,
+        "fp32_top1": fp32.top1,
+        "fp32_top5": fp32.top5,
+        "quant_top1": quant.top1,
+        "quant_top5": quant.top5,
+        "delta_top1": quant.top1 - fp32.top1,
+        "w_bits": args.w_bits if args.plan is None else None,
+        "a_bits": args.a_bits if args.plan is None else None,
+        "granularity": args.granularity if args.plan is None else None,
+        "observer": args.observer if args.plan is None else None,
+        "plan": plan.to_dict(),
+        "n_quantized_layers": summary.n_quantized,
+        "n_layers": summary.n_layers,
+        "quantized_kinds": summary.kind_counts(),
+        "widths": summary.width_counts(),
+        "n_images": quant.n_images,
+        "calib_size": args.calib_size,
+        "seconds_fp32": fp32.seconds,
+        "seconds_quant": quant.seconds,
+        "provenance": provenance(seed=args.seed, files={"weights": weights_file}),
+    }
+    if args.json:
+        result["layers"] = [row.__dict__ for row in summary.layers]
+        print_json(result)
+        return 0
+    print(
+        f"{args.model} on {dataset} "
+        f"({quant.n_images} test images, {args.calib_size} calibration images)"
+    )
+    print(
+        format_table(
+            ["config", "top-1 %", "top-5 %", "seconds"],
+            [
+                ("FP32", round(fp32.top1, 2), round(fp32.top5, 2), round(fp32.seconds, 1)),
+                (_label(args), round(quant.top1, 2), round(quant.top5, 2), round(quant.seconds, 1)),
+            ],
+        )
+    )
+    kinds = ", ".join(f"{n} {k}" for k, n in summary.kind_counts().items())
+    widths = ", ".join(f"{n} x {w}" for w, n in summary.width_counts().items())
+    print(f"quantized {summary.n_quantized}/{summary.n_layers} layers ({kinds}); widths: {widths}")
+    if args.layers:
+        print(
+            format_table(
+                ["layer", "kind", "w_bits", "a_bits", "granularity", "observer"],
+                [
+                    (r.name, r.kind, r.w_bits, r.a_bits, r.granularity, r.observer)
+                    for r in summary.layers
+                ],
+            )
+        )
+    return 0
+
+
+def _label(args: argparse.Namespace) -> str:
+    if args.plan is not None:
+        return f"plan {args.plan}"
+    return f"W{args.w_bits}A{args.a_bits} {args.granularity}"

@@ -1,0 +1,157 @@
+"""``eaq train``: train an FP32 reference model, with a checkpoint every epoch and --resume."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from eaq.cli.common import check_positive, log
+from eaq.data import dataset_names, eval_batches, load_dataset
+from eaq.errors import EaqError, choices_hint
+from eaq.evaluate import evaluate
+from eaq.models import create_model, get_model_info
+from eaq.paths import resolve_data_root
+from eaq.provenance import git_commit
+from eaq.train.export import save_fp16, update_manifest
+from eaq.train.recipes import RECIPES, recipe_for
+from eaq.train.trainer import TrainData, bf16_supported, train
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an FP32 reference model (checkpoint every epoch, --resume)",
+        description=(
+            "Train a registered model from scratch with a standard recipe (ResNets: SGD + "
+            "one-cycle, crop/flip, label smoothing; ViTs: AdamW + warm-up/cosine, RandAugment, "
+            "mixup/cutmix). A checkpoint is written after every epoch; --resume continues a "
+            "killed run exactly. At the end the weights are saved as fp16 safetensors with a "
+            "manifest entry. Uses a GPU when there is one."
+        ),
+    )
+    p.add_argument("--model", required=True, help="a registered model (see `eaq models`)")
+    p.add_argument("--dataset", default=None, help="cifar10 or cifar100 (default: the model's)")
+    p.add_argument("--data-root", default=None, help="data folder (default: $EAQ_DATA_ROOT)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/train-MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--recipe", default=None, help=f"one of {', '.join(RECIPES)} (default: by model family)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument(
+        "--lr", type=float, default=None, help="override the recipe's peak learning rate"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument(
+        "--eval-limit", type=int, default=None, help="evaluate each epoch on N test images"
+    )
+    p.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bf16 autocast (auto: when the CPU/GPU supports it)",
+    )
+    p.add_argument(
+        "--export",
+        default=None,
+        help="folder for the fp16 safetensors + manifest.json (default: the run folder)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = get_model_info(args.model)
+    dataset = args.dataset or info.default_dataset
+    if dataset not in dataset_names():
+        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    recipe = recipe_for(info.family, args.recipe).with_overrides(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
+    )
+    check_positive("--train-limit", args.train_limit)
+    check_positive("--eval-limit", args.eval_limit)
+    out = Path(args.out or f"runs/train-{args.model}")
+    root = resolve_data_root(args.data_root)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = {"on": True, "off": False, "auto": device == "cuda" or bf16_supported()}[args.bf16]
+
+    train_set = load_dataset(dataset, "train", root)
+    test_set = load_dataset(dataset, "test", root)
+    images, labels = _train_tensors(train_set, args.train_limit)
+    model = create_model(args.model, weights="random", data_root=root)
+    data = TrainData(images, labels, info.mean, info.std, info.num_classes)
+    norm = dict(mean=info.mean, std=info.std, input_size=info.input_size)
+
+    def evaluate_fn(m):
+        m.eval()
+        batches = eval_batches(test_set, limit=args.eval_limit, **norm)
+        return evaluate(_on_cpu_copy(m, device), batches, desc="test", progress=False)
+
+    log(
+        f"training {args.model} on {dataset}: recipe {recipe.name}, {recipe.epochs} epochs, "
+        f"batch {recipe.batch_size}, device {device}, bf16 {bf16}, run folder {out}"
+    )
+    start = time.perf_counter()
+    history = train(
+        model,
+        data,
+        recipe,
+        out,
+        model_name=args.model,
+        seed=args.seed,
+        resume=args.resume,
+        evaluate_fn=evaluate_fn,
+        device=device,
+        bf16=bf16,
+        log=log,
+    )
+    export = Path(args.export) if args.export else out
+    weights = export / f"{args.model}_{dataset}.safetensors"
+    digest = save_fp16(model.cpu(), weights)
+    # The manifest's accuracy is that of the saved fp16 file, as `eaq evaluate` measures it.
+    saved = create_model(args.model, weights=weights, data_root=root)
+    final = evaluate(saved, eval_batches(test_set, **norm), desc="final test")
+    update_manifest(
+        export,
+        {
+            "model": args.model,
+            "dataset": dataset,
+            "file": weights.name,
+            "sha256": digest,
+            "recipe": recipe.to_dict(),
+            "epochs": recipe.epochs,
+            "seed": args.seed,
+            "train_images": len(labels),
+            "top1": final.top1,
+            "top5": final.top5,
+            "test_images": final.n_images,
+            "commit": git_commit(),
+            "device": device,
+            "wall_seconds_this_session": time.perf_counter() - start,
+            "epoch_seconds_total": sum(row["seconds"] for row in history),
+        },
+    )
+    log(
+        f"final: top-1 {final.top1:.2f}% top-5 {final.top5:.2f}% on {final.n_images} images; "
+        f"weights {weights} (sha256 {digest[:12]})"
+    )
+    return 0
+
+
+def _on_cpu_copy(model, device):
+    if device == "cpu":
+        return model
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
+def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as uint8 NHWC images and int64 labels (first ``limit`` images)."""
+    if not ds.in_memory:
+        raise EaqError("eaq train supports the in-memory CIFAR data sets only")
+    return torch.from_numpy(ds.images[:limit]), torch.from_numpy(ds.labels[:limit]).long()

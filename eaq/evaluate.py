@@ -1,0 +1,55 @@
+"""Top-1/top-5 evaluation over batches of (images, labels), with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy in percent over ``n_images`` images, and the wall time it took."""
+
+    top1: float
+    top5: float
+    n_images: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    desc: str = "eval",
+    progress: bool = True,
+) -> EvalResult:
+    """Top-1 and top-5 accuracy (percent) of ``model`` on ``batches``; deterministic on CPU."""
+    model.eval()
+    correct1 = correct5 = n = 0
+    start = time.perf_counter()
+    total = getattr(batches, "n_images", None)
+    with (
+        torch.inference_mode(),
+        tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar,
+    ):
+        for images, labels in batches:
+            logits = model(images)
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top.eq(labels[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            n += labels.numel()
+            bar.update(labels.numel())
+    seconds = time.perf_counter() - start
+    if n == 0:
+        return EvalResult(float("nan"), float("nan"), 0, seconds)
+    return EvalResult(100.0 * correct1 / n, 100.0 * correct5 / n, n, seconds)

@@ -1,0 +1,173 @@
+"""Model surgery: one walker applies a :class:`~eaq.plan.Plan` to a model, in place.
+
+Every ``nn.Conv2d`` and ``nn.Linear`` becomes its quantized twin (:data:`LAYER_MAP`); every timm
+``Attention`` becomes :class:`~eaq.nn.attention.QuantAttention`, whose ``qk_matmul`` and
+``av_matmul`` are layers of kind ``matmul`` that a plan configures like any other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from timm.layers import Attention as TimmAttention
+from torch import nn
+
+from eaq.errors import EaqError
+from eaq.nn.attention import MATMUL_NAMES, QuantAttention
+from eaq.nn.layers import QuantConv2d, QuantLinear, QuantMatMul
+from eaq.plan import LayerConfig, LayerRef, Plan
+from eaq.quant import block_size, calibration, format_granularity
+
+LAYER_MAP: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: QuantConv2d,
+    nn.Linear: QuantLinear,
+}
+ATTENTION_MAP: dict[type[nn.Module], type[nn.Module]] = {TimmAttention: QuantAttention}
+_KIND = {nn.Conv2d: "conv", QuantConv2d: "conv", nn.Linear: "linear", QuantLinear: "linear"}
+_ATTENTION_TYPES = (*ATTENTION_MAP, *ATTENTION_MAP.values())
+
+
+def quantizable_layers(model: nn.Module) -> list[LayerRef]:
+    """The layers a plan can address, in module order (float or already quantized model).
+
+    An attention module contributes ``<attn>.qk_matmul`` and ``<attn>.av_matmul`` right after
+    its ``qkv`` projection, whether or not it has been converted yet.
+    """
+    attention = {name for name, m in model.named_modules() if isinstance(m, _ATTENTION_TYPES)}
+    refs: list[LayerRef] = []
+    for name, module in model.named_modules():
+        kind = _KIND.get(type(module))
+        if kind is None:
+            continue
+        refs.append(LayerRef(name, kind))
+        parent, _, leaf = name.rpartition(".")
+        if leaf == "qkv" and parent in attention:
+            refs.extend(LayerRef(f"{parent}.{m}", "matmul") for m in MATMUL_NAMES)
+    return refs
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """What one layer got: widths (None = float), weight granularity, observer, scheme."""
+
+    name: str
+    kind: str
+    w_bits: int | None
+    a_bits: int | None
+    granularity: str | None
+    observer: str | None
+    symmetric: bool | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.w_bits is not None or self.a_bits is not None
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """The outcome of :func:`quantize_`: one row per quantizable layer."""
+
+    layers: tuple[LayerSummary, ...]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_quantized(self) -> int:
+        return sum(row.quantized for row in self.layers)
+
+    def kind_counts(self) -> dict[str, int]:
+        """Quantized layers per kind."""
+        return dict(Counter(row.kind for row in self.layers if row.quantized))
+
+    def width_counts(self) -> dict[str, int]:
+        """How many layers have each ``W<w>A<a>`` combination (``fp`` for float)."""
+
+        def tag(b: int | None) -> str:
+            return "fp" if b is None else str(b)
+
+        return dict(Counter(f"W{tag(r.w_bits)}A{tag(r.a_bits)}" for r in self.layers))
+
+    def to_dict(self) -> dict:
+        return {
+            "n_layers": self.n_layers,
+            "n_quantized": self.n_quantized,
+            "kinds": self.kind_counts(),
+            "widths": self.width_counts(),
+            "layers": [row.__dict__ for row in self.layers],
+        }
+
+
+def _summary_row(ref: LayerRef, cfg: LayerConfig | None) -> LayerSummary:
+    if cfg is None:
+        return LayerSummary(ref.name, ref.kind, None, None, None, None, None)
+    w_bits = None if ref.kind == "matmul" else cfg.w_bits
+    return LayerSummary(
+        name=ref.name,
+        kind=ref.kind,
+        w_bits=w_bits,
+        a_bits=cfg.a_bits,
+        granularity=format_granularity(cfg.granularity) if w_bits is not None else None,
+        observer=cfg.observer if cfg.a_bits is not None else None,
+        symmetric=cfg.symmetric,
+    )
+
+
+def check_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig | None]:
+    """Resolve ``plan`` against ``model`` and check every weight granularity fits its layer.
+
+    Changes nothing; raises :class:`EaqError` naming the layer at fault.
+    """
+    if any(isinstance(m, (QuantConv2d, QuantLinear, QuantAttention)) for m in model.modules()):
+        raise ValueError("model is already quantized; apply a plan to a float model")
+    layers = quantizable_layers(model)
+    resolved = plan.resolve(layers)
+    for ref in layers:
+        spec = resolved[ref.name].weight_spec() if resolved[ref.name] is not None else None
+        if ref.kind == "matmul" or spec is None:
+            continue
+        shape = tuple(model.get_submodule(ref.name).weight.shape)
+        try:
+            block_size(shape, spec.granularity)
+        except EaqError as e:
+            raise EaqError(f"layer {ref.name} (weight {shape}): {e}") from None
+    return resolved
+
+
+def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
+    """Apply ``plan`` to a float ``model`` in place and return what was quantized.
+
+    The plan is checked first (:func:`check_plan`), so a bad plan leaves the model untouched.
+    The quantizers still need calibration: run :func:`calibrate_` before evaluating.
+    """
+    resolved = check_plan(model, plan)
+    layers = quantizable_layers(model)
+    for name, module in list(model.named_modules()):
+        target = ATTENTION_MAP.get(type(module))
+        if target is not None:
+            model.set_submodule(name, target.from_float(module))
+    rows = []
+    for ref in layers:
+        cfg = resolved[ref.name]
+        module = model.get_submodule(ref.name)
+        if isinstance(module, QuantMatMul):
+            module.configure(cfg if cfg is not None and cfg.a_bits is not None else None)
+        elif cfg is not None and (cfg.w_bits is not None or cfg.a_bits is not None):
+            model.set_submodule(ref.name, LAYER_MAP[type(module)].from_float(module, cfg))
+        else:
+            cfg = None
+        rows.append(_summary_row(ref, cfg))
+    return QuantSummary(tuple(rows))
+
+
+def calibrate_(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
+    """Calibrate every quantizer of ``model`` on ``batches`` of (images, labels)."""
+    model.eval()
+    with torch.no_grad(), calibration(model):
+        for images, _ in batches:
+            model(images)
+    return model

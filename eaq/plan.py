@@ -1,0 +1,254 @@
+"""A quantization plan: which layer gets which widths, as data.
+
+A :class:`Plan` maps layer names to a :class:`LayerConfig` (or to ``None``: keep the layer in
+floating point). Rules are looked up in this order:
+
+1. an exact layer name (``"layer1.0.conv1"``);
+2. the first ``"re:<pattern>"`` rule whose pattern matches the whole name;
+3. the plan's ``default``.
+
+The seed's policy, the first and the last weight layer at 8 bits, is the option
+``first_last_8bit`` (on by default); an exact-name rule overrides it. Plans round-trip through
+JSON, so search strategies can write them and :func:`eaq.nn.quantize_` can apply them.
+
+Examples:
+    >>> plan = Plan.uniform(4, 4)
+    >>> Plan.from_json(plan.to_json()) == plan
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from eaq.errors import EaqError
+from eaq.quant import (
+    Granularity,
+    PerChannel,
+    PerTensor,
+    QuantSpec,
+    format_granularity,
+    parse_granularity,
+)
+
+LAYER_KINDS = ("conv", "linear", "matmul")
+WEIGHT_KINDS = ("conv", "linear")
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A quantizable layer of a model: its module path and kind (conv, linear or matmul)."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """How one layer is quantized.
+
+    Attributes:
+        w_bits: weight width, or None to keep weights in floating point (ignored for matmuls).
+        a_bits: input-activation width (both inputs of a matmul), or None for float inputs.
+        granularity: weight granularity (activations are per tensor).
+        observer: activation observer name.
+        w_observer: weight observer name.
+        symmetric: symmetric (zero point 0) or affine, for weights and activations.
+    """
+
+    w_bits: int | None = 8
+    a_bits: int | None = 8
+    granularity: Granularity = field(default_factory=lambda: PerChannel(0))
+    observer: str = "minmax"
+    w_observer: str = "minmax"
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        # QuantSpec validates bits and observer names with user-facing messages.
+        self.weight_spec()
+        self.act_spec()
+
+    def weight_spec(self) -> QuantSpec | None:
+        """The weight quantizer's spec (signed, symmetric or affine), or None for float weights."""
+        if self.w_bits is None:
+            return None
+        return QuantSpec(
+            bits=self.w_bits,
+            symmetric=self.symmetric,
+            signed=True,
+            granularity=self.granularity,
+            observer=self.w_observer,
+        )
+
+    def act_spec(self) -> QuantSpec | None:
+        """The input quantizer's spec (sign chosen at calibration), or None for float inputs."""
+        if self.a_bits is None:
+            return None
+        return QuantSpec(
+            bits=self.a_bits,
+            symmetric=self.symmetric,
+            signed=None,
+            granularity=PerTensor(),
+            observer=self.observer,
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["granularity"] = format_granularity(self.granularity)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerConfig:
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise EaqError(
+                f"unknown layer-config field(s) {sorted(unknown)}; "
+                f"valid: {', '.join(cls.__dataclass_fields__)}"
+            )
+        d = dict(d)
+        if "granularity" in d:
+            d["granularity"] = parse_granularity(d["granularity"])
+        return cls(**d)
+
+
+def _config_to_json(c: LayerConfig | None) -> dict | None:
+    return None if c is None else c.to_dict()
+
+
+def _config_from_json(d: dict | None) -> LayerConfig | None:
+    return None if d is None else LayerConfig.from_dict(d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-layer quantization settings; see the module docstring for the lookup order.
+
+    Attributes:
+        default: the config of layers no rule names (None: leave them in float).
+        rules: ordered ``(key, config)`` pairs; a key is an exact layer name or ``"re:<regex>"``.
+        first_last_8bit: keep the first and last weight layer at 8 bits (the seed's policy).
+    """
+
+    default: LayerConfig | None = field(default_factory=LayerConfig)
+    rules: tuple[tuple[str, LayerConfig | None], ...] = ()
+    first_last_8bit: bool = True
+
+    def __post_init__(self) -> None:
+        for key, _ in self.rules:
+            if key.startswith("re:"):
+                try:
+                    re.compile(key[3:])
+                except re.error as e:
+                    raise EaqError(
+                        f"plan rule {key!r} is not a valid regular expression: {e}"
+                    ) from None
+
+    @classmethod
+    def uniform(
+        cls,
+        w_bits: int | None,
+        a_bits: int | None,
+        *,
+        granularity: Granularity | None = None,
+        observer: str = "minmax",
+        w_observer: str = "minmax",
+        symmetric: bool = True,
+        first_last_8bit: bool = True,
+    ) -> Plan:
+        """Every layer at the same widths."""
+        cfg = LayerConfig(
+            w_bits=w_bits,
+            a_bits=a_bits,
+            granularity=granularity if granularity is not None else PerChannel(0),
+            observer=observer,
+            w_observer=w_observer,
+            symmetric=symmetric,
+        )
+        return cls(default=cfg, first_last_8bit=first_last_8bit)
+
+    def lookup(self, name: str) -> LayerConfig | None:
+        """The config the rules give ``name``, before the first/last policy."""
+        for key, cfg in self.rules:
+            if key == name:
+                return cfg
+        for key, cfg in self.rules:
+            if key.startswith("re:") and re.fullmatch(key[3:], name):
+                return cfg
+        return self.default
+
+    def resolve(self, layers: Sequence[LayerRef]) -> dict[str, LayerConfig | None]:
+        """Each layer's config, policy applied. Exact names that match no layer are an error."""
+        names = {ref.name for ref in layers}
+        exact = {key for key, _ in self.rules if not key.startswith("re:")}
+        missing = sorted(exact - names)
+        if missing:
+            raise EaqError(
+                f"plan names layer(s) that the model does not have: {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}; "
+                "run `eaq energy --model M` to list its layers"
+            )
+        resolved = {ref.name: self.lookup(ref.name) for ref in layers}
+        if self.first_last_8bit:
+            weighted = [ref.name for ref in layers if ref.kind in WEIGHT_KINDS]
+            for name in {weighted[0], weighted[-1]} if weighted else set():
+                cfg = resolved[name]
+                if name in exact or cfg is None:
+                    continue
+                resolved[name] = replace(
+                    cfg,
+                    w_bits=None if cfg.w_bits is None else 8,
+                    a_bits=None if cfg.a_bits is None else 8,
+                )
+        return resolved
+
+    def to_dict(self) -> dict:
+        return {
+            "default": _config_to_json(self.default),
+            "rules": [[key, _config_to_json(cfg)] for key, cfg in self.rules],
+            "first_last_8bit": self.first_last_8bit,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        if not isinstance(d, dict):
+            raise EaqError(
+                "a plan must be a JSON object with 'default', 'rules', 'first_last_8bit'"
+            )
+        unknown = set(d) - {"default", "rules", "first_last_8bit"}
+        if unknown:
+            raise EaqError(
+                f"unknown plan field(s) {sorted(unknown)}; valid: default, rules, first_last_8bit"
+            )
+        try:
+            rules = tuple((str(k), _config_from_json(c)) for k, c in d.get("rules", []))
+        except (TypeError, ValueError) as e:
+            raise EaqError(f"plan 'rules' must be a list of [name, config] pairs: {e}") from None
+        return cls(
+            default=_config_from_json(d.get("default")),
+            rules=rules,
+            first_last_8bit=bool(d.get("first_last_8bit", True)),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise EaqError(f"plan is not valid JSON: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        p = Path(path)
+        if not p.is_file():
+            raise EaqError(f"plan file not found: {p}")
+        return cls.from_json(p.read_text())

@@ -1,0 +1,37 @@
+"""Trained checkpoints kept in the project: fp16 safetensors plus a manifest entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from eaq.provenance import sha256
+
+MANIFEST = "manifest.json"
+
+
+def save_fp16(model: nn.Module, path: Path) -> str:
+    """Save the state dict with floating tensors in fp16; return the file's sha256."""
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return sha256(path)
+
+
+def update_manifest(folder: Path, entry: dict) -> None:
+    """Add or replace the manifest entry of ``entry['model']`` in ``folder/manifest.json``."""
+    path = folder / MANIFEST
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[entry["model"]] = entry
+    path.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}

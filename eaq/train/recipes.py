@@ -1,0 +1,104 @@
+"""Training recipes: the standard ones for CIFAR ResNets and for small ViTs.
+
+A recipe is data (a frozen dataclass); `eaq train` picks one by the model's family and lets the
+command line override single fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from eaq.errors import EaqError, choices_hint
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of one training run.
+
+    Attributes:
+        optimizer: ``sgd`` (momentum, Nesterov) or ``adamw``.
+        lr: peak learning rate for ``batch_size``.
+        schedule: ``onecycle`` (linear warm-up, cosine down) or ``cosine`` (warm-up then cosine).
+        warmup_epochs: epochs of warm-up (``onecycle`` uses it as its rising phase).
+        label_smoothing: cross-entropy label smoothing.
+        crop_padding: random-crop padding in pixels (0: no crop).
+        flip: random horizontal flips.
+        randaugment: a timm RandAugment string such as ``rand-m9-mstd0.5``, or None.
+        mixup, cutmix: alphas of timm's Mixup/CutMix (0: off).
+    """
+
+    name: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    momentum: float = 0.9
+    label_smoothing: float = 0.1
+    crop_padding: int = 4
+    flip: bool = True
+    randaugment: str | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise EaqError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adamw")
+        if self.schedule not in ("onecycle", "cosine"):
+            raise EaqError(f"unknown schedule {self.schedule!r}; valid: onecycle, cosine")
+        for name in ("lr", "epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise EaqError(f"recipe {name} must be > 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **overrides) -> Recipe:
+        """A copy with the given fields changed; None values are ignored."""
+        valid = {f.name for f in fields(self)}
+        bad = sorted(set(overrides) - valid)
+        if bad:
+            raise EaqError(f"unknown recipe field(s) {bad}; {choices_hint(sorted(valid))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+RECIPES: dict[str, Recipe] = {
+    # SGD + Nesterov momentum, one-cycle schedule, weight decay 5e-4, crop + flip, label smoothing
+    # 0.1: the usual CIFAR ResNet recipe (e.g. He et al. 2016; Smith & Topin 2019 for one-cycle).
+    "resnet_sgd": Recipe(
+        name="resnet_sgd",
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=5e-4,
+        epochs=60,
+        batch_size=128,
+        schedule="onecycle",
+        warmup_epochs=3,
+    ),
+    # AdamW, warm-up + cosine, RandAugment, mixup/cutmix: DeiT's recipe (Touvron et al. 2021)
+    # scaled to CIFAR (smaller batch, more epochs).
+    "vit_adamw": Recipe(
+        name="vit_adamw",
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        epochs=200,
+        batch_size=128,
+        schedule="cosine",
+        warmup_epochs=10,
+        randaugment="rand-m9-mstd0.5-inc1",
+        mixup=0.8,
+        cutmix=1.0,
+    ),
+}
+
+
+def recipe_for(family: str, name: str | None = None) -> Recipe:
+    """The named recipe, or the default for a model family (``cnn`` or ``vit``)."""
+    if name is None:
+        name = "vit_adamw" if family == "vit" else "resnet_sgd"
+    if name not in RECIPES:
+        raise EaqError(f"unknown recipe {name!r}; {choices_hint(RECIPES)}")
+    return RECIPES[name]

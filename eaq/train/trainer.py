@@ -1,0 +1,240 @@
+"""The training loop: seeded per epoch, a checkpoint after every epoch, exact resume.
+
+Every epoch reseeds torch, numpy and random from ``(seed, epoch)`` and draws its shuffle and
+augmentations from a generator seeded the same way. A run resumed from the checkpoint of epoch
+``k`` therefore repeats epochs ``k+1..`` exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from eaq.errors import EaqError
+from eaq.evaluate import EvalResult
+from eaq.train.augment import RandAugment, normalize, random_crop_flip
+from eaq.train.recipes import Recipe
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Training images (uint8 NHWC), labels, normalisation and class count."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_classes: int
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def lr_factor(step: int, total: int, warmup: int, start: float) -> float:
+    """Linear warm-up from ``start`` to 1 over ``warmup`` steps, then cosine down to 0."""
+    if step < warmup:
+        return start + (1 - start) * step / max(1, warmup)
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": r.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=r.lr)
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def train(
+    model: nn.Module,
+    data: TrainData,
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    model_name: str,
+    seed: int = 0,
+    resume: bool = False,
+    evaluate_fn: Callable[[nn.Module], EvalResult] | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train ``model`` with ``recipe``; checkpoints and a JSON-lines log go to ``out_dir``.
+
+    Returns the per-epoch history (loss, train accuracy, test accuracy, seconds).
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise EaqError(f"cannot write to output folder {out_dir}: {e.strerror}") from None
+    ckpt_path = out_dir / CHECKPOINT
+    model.to(device)
+    opt = _optimizer(model, recipe)
+    steps_per_epoch = len(data.labels) // recipe.batch_size
+    if steps_per_epoch < 1:
+        raise EaqError(
+            f"batch size {recipe.batch_size} is larger than the training set "
+            f"({len(data.labels)} images)"
+        )
+    total = steps_per_epoch * recipe.epochs
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    start = 0.04 if recipe.schedule == "onecycle" else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, start))
+    history: list[dict] = []
+    first_epoch = 0
+    if ckpt_path.exists():
+        if not resume:
+            raise EaqError(
+                f"{out_dir} already holds a training run; pass --resume or another --out"
+            )
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if (
+            state["model_name"] != model_name
+            or state["recipe"] != recipe.to_dict()
+            or state["seed"] != seed
+        ):
+            raise EaqError(
+                f"{ckpt_path} is a run of {state['model_name']} with another recipe or seed; "
+                "resume with the same options or choose another --out"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = state["history"]
+        first_epoch = state["epoch"]
+        log(f"resuming {model_name} after epoch {first_epoch}/{recipe.epochs}")
+
+    mixup = None
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        from timm.data import Mixup
+
+        mixup = Mixup(
+            mixup_alpha=recipe.mixup,
+            cutmix_alpha=recipe.cutmix,
+            label_smoothing=recipe.label_smoothing,
+            num_classes=data.num_classes,
+        )
+        criterion: nn.Module = __import__(
+            "timm.loss", fromlist=["SoftTargetCrossEntropy"]
+        ).SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    randaug = (
+        RandAugment(recipe.randaugment, data.images.shape[1], data.mean)
+        if recipe.randaugment
+        else None
+    )
+
+    for epoch in range(first_epoch, recipe.epochs):
+        t0 = time.perf_counter()
+        s = epoch_seed(seed, epoch)
+        seed_everything(s)
+        g = torch.Generator().manual_seed(s)
+        order = torch.randperm(len(data.labels), generator=g)
+        model.train()
+        loss_sum = correct = seen = 0.0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for i in bar:
+            idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+            images = random_crop_flip(data.images[idx], recipe.crop_padding, recipe.flip, g)
+            if randaug is not None:
+                images = randaug(images)
+            x = normalize(images, data.mean, data.std).to(device)
+            y = data.labels[idx].to(device)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            with torch.autocast(
+                device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16
+            ):
+                logits = model(x)
+                loss = criterion(logits.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        bar.close()
+        row = {
+            "epoch": epoch + 1,
+            "lr": sched.get_last_lr()[0],
+            "train_loss": loss_sum / seen,
+            "train_top1": 100 * correct / seen,
+        }
+        if evaluate_fn is not None:
+            result = evaluate_fn(model)
+            row.update(test_top1=result.top1, test_top5=result.top5, test_images=result.n_images)
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        state = {
+            "model_name": model_name,
+            "recipe": recipe.to_dict(),
+            "seed": seed,
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": history,
+        }
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)
+        with open(out_dir / LOG, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(
+            f"epoch {row['epoch']}/{recipe.epochs}: loss {row['train_loss']:.3f}, "
+            f"train {row['train_top1']:.2f}%"
+            + (f", test {row['test_top1']:.2f}%" if "test_top1" in row else "")
+            + f" ({row['seconds']:.0f} s)"
+        )
+    model.eval()
+    return history

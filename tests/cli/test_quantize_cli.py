@@ -1,0 +1,136 @@
+import json
+
+import pytest
+
+from eaq.cli.main import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.slow
+def test_resnet20_full_test_set_fp32_and_w8a8(capsys, data_root):
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(data_root),
+        "--w-bits",
+        "8",
+        "--a-bits",
+        "8",
+        "--json",
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["n_images"] == 10_000
+    assert r["fp32_top1"] == pytest.approx(91.70, abs=0.05)
+    assert abs(r["quant_top1"] - r["fp32_top1"]) <= 0.3
+    assert r["w_bits"] == 8 and r["a_bits"] == 8
+    assert r["n_quantized_layers"] == 20
+    assert r["provenance"]["weights_sha256"].startswith("12fca82f")
+
+
+def test_quantize_table_output_with_limit(capsys, data_root):
+    code, out, _ = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--data-root",
+        str(data_root),
+        "--w-bits",
+        "4",
+        "--a-bits",
+        "4",
+        "--granularity",
+        "tensor",
+        "--limit",
+        "200",
+        "--calib-size",
+        "32",
+        "--layers",
+    )
+    assert code == 0
+    assert "FP32" in out and "W4A4 tensor" in out
+    assert "quantized 20/20 layers" in out
+    assert "layer3.2.conv2" in out
+
+
+ERRORS = [
+    (["--model", "resnet99"], "resnet99.*resnet20_cifar"),
+    (["--model", "resnet20_cifar", "--dataset", "mnist"], "mnist.*cifar10"),
+    (["--model", "resnet20_cifar", "--observer", "magic"], "magic.*minmax"),
+    (["--model", "resnet20_cifar", "--w-bits", "17"], "17"),
+    (["--model", "resnet20_cifar", "--a-bits", "1"], "1"),
+    (["--model", "resnet20_cifar", "--granularity", "group:7"], "7"),
+    (["--model", "resnet20_cifar", "--granularity", "rows"], "rows"),
+    (["--model", "resnet20_cifar", "--calib-size", "0"], "calibration set is empty"),
+    (["--model", "resnet20_cifar", "--weights", "/nonexistent/w.th"], "/nonexistent/w.th"),
+]
+
+
+@pytest.mark.parametrize("argv,pattern", ERRORS)
+def test_bad_input_is_one_line_and_exit_2(capsys, data_root, argv, pattern):
+    code, out, err = run_cli(
+        capsys, "quantize", "--data-root", str(data_root), "--limit", "8", *argv
+    )
+    assert code == 2
+    assert err.startswith("eaq: error:") and err.count("\n") == 1, err
+    assert pytest.importorskip("re").search(pattern, err), err
+
+
+def test_mismatched_weights_name_missing_and_unexpected_keys(capsys, data_root):
+    code, _, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet18_cifar",
+        "--data-root",
+        str(data_root),
+        "--weights",
+        str(data_root / "models" / "resnet20_cifar10.th"),
+        "--limit",
+        "8",
+    )
+    assert code == 2
+    assert "missing" in err and "unexpected" in err
+
+
+def test_missing_data_gives_a_hint(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--weights",
+        "random",
+        "--data-root",
+        str(tmp_path),
+        "--limit",
+        "8",
+    )
+    assert code == 2
+    assert str(tmp_path) in err and "--data-root" in err
+
+
+@pytest.mark.parametrize("command", [[], ["models"], ["quantize"]])
+def test_help_explains_itself(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    assert "usage: eaq" in capsys.readouterr().out
+
+
+def test_models_lists_the_registry(capsys):
+    code, out, _ = run_cli(capsys, "models", "--json")
+    assert code == 0
+    names = {m["name"] for m in json.loads(out)}
+    assert {"resnet20_cifar", "resnet18", "resnet18_cifar", "deit_tiny", "deit_tiny_cifar"} <= names
