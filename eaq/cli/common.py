@@ -8,7 +8,7 @@ import sys
 
 from eaq.errors import EaqError
 from eaq.plan import Plan
-from eaq.quant import parse_granularity
+from eaq.quant import MAX_BITS, MIN_BITS, parse_granularity
 
 
 def add_model_args(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
@@ -76,6 +76,9 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     """The plan the options describe; validated before any model or data is loaded."""
     if args.plan is not None:
         return Plan.load(args.plan)
+    for flag, bits in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise EaqError(f"{flag} must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
     return Plan.uniform(
         args.w_bits,
         args.a_bits,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -108,13 +109,16 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         bf16=bf16,
         log=log,
+        progress=sys.stderr.isatty(),
     )
     export = Path(args.export) if args.export else out
     weights = export / f"{args.model}_{dataset}.safetensors"
     digest = save_fp16(model.cpu(), weights)
     # The manifest's accuracy is that of the saved fp16 file, as `eaq evaluate` measures it.
     saved = create_model(args.model, weights=weights, data_root=root)
-    final = evaluate(saved, eval_batches(test_set, **norm), desc="final test")
+    final = evaluate(
+        saved, eval_batches(test_set, **norm), desc="final test", progress=sys.stderr.isatty()
+    )
     update_manifest(
         export,
         {

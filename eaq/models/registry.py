@@ -15,7 +15,7 @@ from torch import nn
 
 from eaq.errors import EaqError, choices_hint
 from eaq.models.weights import load_weights_
-from eaq.paths import default_data_root
+from eaq.paths import default_data_root, repo_root
 
 Builder = Callable[[int, int], nn.Module]
 """``fn(num_classes, input_size) -> nn.Module`` with random weights."""
@@ -36,7 +36,8 @@ class ModelInfo:
         mean: per-channel input mean the weights expect (RGB, on [0, 1] pixels).
         std: per-channel input standard deviation the weights expect.
         default_dataset: ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``.
-        default_weights: a weights file relative to the data root, or None when there is none.
+        default_weights: a weights file relative to the data root or to the project (its
+            ``checkpoints/`` folder), or None when there is none.
     """
 
     name: str
@@ -160,10 +161,14 @@ def create_model(
         if info.default_weights is None:
             raise EaqError(f"no default weights for {name}; {WEIGHTS_HINT}")
         root = default_data_root() if data_root is None else Path(data_root)
-        path = root / info.default_weights
+        # The data root first (shared files such as the ResNet-20), then the project's own
+        # trained checkpoints (checkpoints/ beside the package).
+        candidates = [root / info.default_weights, repo_root() / info.default_weights]
+        path = next((p for p in candidates if p.is_file()), candidates[0])
         if not path.is_file():
             raise EaqError(
-                f"default weights for {name} not found: looked for {path}; set --data-root or "
+                f"default weights for {name} not found: looked for "
+                f"{' and '.join(map(str, candidates))}; set --data-root or "
                 f"EAQ_DATA_ROOT to a folder holding {info.default_weights}, or "
                 f"{WEIGHTS_HINT}"
             )
