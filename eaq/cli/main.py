@@ -6,10 +6,17 @@ import argparse
 import sys
 
 from eaq import __version__
-from eaq.cli import energy_cmd, evaluate_cmd, models_cmd, quantize_cmd, train_cmd
+from eaq.cli import (
+    energy_cmd,
+    evaluate_cmd,
+    methods_cmd,
+    models_cmd,
+    quantize_cmd,
+    train_cmd,
+)
 from eaq.errors import EaqError
 
-COMMANDS = (models_cmd, quantize_cmd, evaluate_cmd, energy_cmd, train_cmd)
+COMMANDS = (models_cmd, quantize_cmd, evaluate_cmd, energy_cmd, train_cmd, methods_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,9 @@ from eaq.cli.common import (
 from eaq.data import calibration_batches, dataset_names, eval_batches, load_dataset
 from eaq.errors import EaqError, choices_hint
 from eaq.evaluate import evaluate
+from eaq.methods import get_method, quantize_model
 from eaq.models import create_model, get_model_info
-from eaq.nn import calibrate_, check_plan, quantize_
+from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.provenance import provenance
 from eaq.table import format_table
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
     add_plan_args(p)
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-size", type=int, default=256, help="calibration images (default 256)")
+    g.add_argument("--method", default="ptq", help="PTQ method (see `eaq methods`; default ptq)")
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer widths")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset not in dataset_names():
         raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
     plan = plan_from_args(args)
+    get_method(args.method)
     check_positive("--limit", args.limit)
     check_positive("--batch-size", args.batch_size)
     if args.calib_size < 1:
@@ -80,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     fp32 = evaluate(model, batches, desc="fp32")
     log(f"FP32: top-1 {fp32.top1:.2f}%  top-5 {fp32.top5:.2f}%  ({fp32.n_images} images)")
-    summary = quantize_(model, plan)
-    calibrate_(model, calib)
+    summary = quantize_model(model, plan, calib, method=args.method)
     quant = evaluate(model, batches, desc="quantized")
 
     weights_file = args.weights if args.weights not in ("default", "pretrained", "random") else None
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "granularity": args.granularity if args.plan is None else None,
         "observer": args.observer if args.plan is None else None,
         "plan": plan.to_dict(),
+        "method": args.method,
         "n_quantized_layers": summary.n_quantized,
         "n_layers": summary.n_layers,
         "quantized_kinds": summary.kind_counts(),
@@ -144,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> str:
-    if args.plan is not None:
-        return f"plan {args.plan}"
-    return f"W{args.w_bits}A{args.a_bits} {args.granularity}"
+    config = (
+        f"plan {args.plan}" if args.plan else f"W{args.w_bits}A{args.a_bits} {args.granularity}"
+    )
+    return config if args.method == "ptq" else f"{config} {args.method}"

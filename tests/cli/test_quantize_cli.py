@@ -134,3 +134,19 @@ def test_models_lists_the_registry(capsys):
     assert code == 0
     names = {m["name"] for m in json.loads(out)}
     assert {"resnet20_cifar", "resnet18", "resnet18_cifar", "deit_tiny", "deit_tiny_cifar"} <= names
+
+
+def test_methods_lists_ptq_and_unknown_method_is_refused(capsys, data_root):
+    code, out, _ = run_cli(capsys, "methods", "--json")
+    assert code == 0 and "ptq" in {m["name"] for m in json.loads(out)}
+    code, _, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--data-root",
+        str(data_root),
+        "--method",
+        "magic",
+    )
+    assert code == 2 and "magic" in err and "ptq" in err

@@ -1,0 +1,24 @@
+"""Post-training quantization methods, chosen by name (``--method``).
+
+A method takes a float model, a :class:`~eaq.plan.Plan` and calibration batches, and returns
+the model quantized and calibrated, in place. Every method honours the plan, so methods compose
+with mixed-precision plans. ``eaq methods`` lists them.
+"""
+
+from eaq.methods.registry import (
+    Method,
+    get_method,
+    list_methods,
+    method_names,
+    quantize_model,
+    register_method,
+)
+
+__all__ = [
+    "Method",
+    "get_method",
+    "list_methods",
+    "method_names",
+    "quantize_model",
+    "register_method",
+]
