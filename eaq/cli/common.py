@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-from eaq.errors import EaqError
+from eaq.data import dataset_names
+from eaq.errors import EaqError, choices_hint
+from eaq.models import ModelInfo, get_model_info
 from eaq.plan import Plan
 from eaq.quant import MAX_BITS, MIN_BITS, parse_granularity
 
@@ -70,6 +72,15 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
         help="quantize the first and last layer like the rest (default: keep them at 8 bits)",
     )
     g.add_argument("--plan", default=None, help="a JSON plan file (overrides the options above)")
+
+
+def model_and_dataset(args: argparse.Namespace) -> tuple[ModelInfo, str]:
+    """The model's registry entry and the data set to use (``--dataset`` or the model's)."""
+    info = get_model_info(args.model)
+    dataset = args.dataset or info.default_dataset
+    if dataset not in dataset_names():
+        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    return info, dataset
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:

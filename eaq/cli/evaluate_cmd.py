@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from eaq.cli.common import add_data_args, add_model_args, check_positive, print_json
-from eaq.data import dataset_names, eval_batches, load_dataset
-from eaq.errors import EaqError, choices_hint
+from eaq.cli.common import (
+    add_data_args,
+    add_model_args,
+    check_positive,
+    model_and_dataset,
+    print_json,
+)
+from eaq.data import eval_batches, load_dataset
 from eaq.evaluate import evaluate
-from eaq.models import create_model, get_model_info
+from eaq.models import create_model
 from eaq.paths import resolve_data_root
 from eaq.provenance import provenance
 
@@ -26,10 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = get_model_info(args.model)
-    dataset = args.dataset or info.default_dataset
-    if dataset not in dataset_names():
-        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    info, dataset = model_and_dataset(args)
     check_positive("--limit", args.limit)
     check_positive("--batch-size", args.batch_size)
     root = resolve_data_root(args.data_root)

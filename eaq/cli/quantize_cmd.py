@@ -12,14 +12,15 @@ from eaq.cli.common import (
     add_plan_args,
     check_positive,
     log,
+    model_and_dataset,
     plan_from_args,
     print_json,
 )
-from eaq.data import calibration_batches, dataset_names, eval_batches, load_dataset
-from eaq.errors import EaqError, choices_hint
+from eaq.data import calibration_batches, eval_batches, load_dataset
+from eaq.errors import EaqError
 from eaq.evaluate import evaluate
 from eaq.methods import get_method, quantize_model
-from eaq.models import create_model, get_model_info
+from eaq.models import create_model
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.provenance import provenance
@@ -49,10 +50,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = get_model_info(args.model)
-    dataset = args.dataset or info.default_dataset
-    if dataset not in dataset_names():
-        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    info, dataset = model_and_dataset(args)
     plan = plan_from_args(args)
     get_method(args.method)
     check_positive("--limit", args.limit)

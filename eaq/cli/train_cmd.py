@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from eaq.cli.common import check_positive, log
-from eaq.data import dataset_names, eval_batches, load_dataset
-from eaq.errors import EaqError, choices_hint
+from eaq.cli.common import check_positive, log, model_and_dataset
+from eaq.data import eval_batches, load_dataset
+from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.models import create_model, get_model_info
+from eaq.models import create_model
 from eaq.paths import resolve_data_root
 from eaq.provenance import git_commit
 from eaq.train.export import save_fp16, update_manifest
@@ -66,10 +66,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = get_model_info(args.model)
-    dataset = args.dataset or info.default_dataset
-    if dataset not in dataset_names():
-        raise EaqError(f"unknown dataset {dataset!r}; {choices_hint(dataset_names())}")
+    info, dataset = model_and_dataset(args)
     recipe = recipe_for(info.family, args.recipe).with_overrides(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
     )
