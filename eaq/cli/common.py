@@ -60,7 +60,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--observer",
         default="minmax",
-        help="activation observer: minmax, ema, percentile or mse (default minmax)",
+        help="activation observer: minmax, ema, percentile, mse, kl or aciq (default minmax)",
     )
     g.add_argument("--w-observer", default="minmax", help="weight observer (default minmax)")
     g.add_argument(

@@ -1,5 +1,6 @@
 """Pure quantization numerics: granularity, primitives, observers and the fake quantizer."""
 
+from eaq.quant import clipping  # noqa: F401  (registers the kl and aciq observers)
 from eaq.quant.granularity import (
     Granularity,
     PerChannel,

@@ -207,6 +207,22 @@ def reduce_blocks(x: Tensor, g: Granularity, op: str) -> Tensor:
     return fn(view, dim=dims, keepdim=True).reshape(scale_shape(x.shape, g))
 
 
+def expand_params(param: Tensor, shape: Sequence[int]) -> Tensor:
+    """Broadcast a per-block parameter (``scale_shape`` layout) to elementwise ``shape``.
+
+    Per-tensor and per-channel parameters already broadcast and are returned as they are;
+    per-group ones are repeated along the grouped axis.
+
+    Examples:
+        >>> expand_params(torch.tensor([[1.0, 2.0]]), (1, 4)).tolist()
+        [[1.0, 1.0, 2.0, 2.0]]
+    """
+    for dim, (n_param, n_x) in enumerate(zip(param.shape, shape, strict=False)):
+        if 1 < n_param < n_x:
+            param = param.repeat_interleave(n_x // n_param, dim=dim)
+    return param
+
+
 def parse_granularity(text: str) -> Granularity:
     """Parse ``"tensor"``, ``"channel"``, ``"channel:AXIS"``, ``"group:N"`` or ``"group:N:AXIS"``.
 

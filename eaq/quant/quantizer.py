@@ -25,6 +25,7 @@ from eaq.quant.granularity import (
     PerChannel,
     PerGroup,
     PerTensor,
+    expand_params,
     format_granularity,
     parse_granularity,
 )
@@ -185,7 +186,10 @@ class Quantizer(nn.Module):
                 "Quantizer used before calibration: run the model inside eaq.quant.calibration(), "
                 "call calibrate_(), or load a calibrated state_dict"
             )
-        return fake_quantize(x, self.scale, self.zero_point, *self._qrange)
+        scale, zero_point = self.scale, self.zero_point
+        if isinstance(self.spec.granularity, PerGroup):
+            scale, zero_point = expand_params(scale, x.shape), expand_params(zero_point, x.shape)
+        return fake_quantize(x, scale, zero_point, *self._qrange)
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

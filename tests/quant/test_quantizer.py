@@ -218,3 +218,22 @@ def test_extra_repr():
 def test_per_tensor_scale_is_0d():
     q = Quantizer(QuantSpec(8, granularity=PerTensor())).calibrate_(torch.randn(4, 4))
     assert q.scale.shape == () and q.zero_point.shape == ()
+
+
+def test_per_group_weight_quantizer_runs_and_matches_per_block_reference():
+    from eaq.quant import PerGroup, Quantizer, QuantSpec
+    from eaq.quant.primitives import choose_qparams, fake_quantize, quant_range
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    q = Quantizer(QuantSpec(4, granularity=PerGroup(16), signed=True)).calibrate_(w)
+    assert q.scale.shape == (16, 4)
+    out = q(w)
+    qmin, qmax = quant_range(4, True)
+    for g in range(4):
+        block = w[:, 16 * g : 16 * (g + 1)]
+        s, z = choose_qparams(
+            block.amin(1, keepdim=True), block.amax(1, keepdim=True), 4, symmetric=True, signed=True
+        )
+        ref = fake_quantize(block, s, z, qmin, qmax)
+        assert torch.equal(out[:, 16 * g : 16 * (g + 1)], ref)

@@ -1,0 +1,206 @@
+"""GPTQ weight rounding (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", ICLR 2023), for convs and linears.
+
+Per layer with weight ``W`` (``[out, in]``; a conv's ``[O, I*kh*kw]``) and float inputs ``X``
+(a conv's input unfolded with ``F.unfold``), GPTQ minimises ``||W X - Q X||^2`` column by column:
+``H = 2 X X^T`` is accumulated over the calibration set, dampened by 1% of its mean diagonal,
+and the upper Cholesky factor of ``H^-1`` drives the error feedback: each column is rounded to
+the layer's weight grid and its scaled error is spread over the not yet rounded columns (lazy
+updates in blocks of 128 columns).
+
+The grid is the weight quantizer's own (its observer, e.g. minmax or mse, calibrated on the
+float weight); with group granularity each group's scale is recomputed from the error-updated
+weights when GPTQ reaches the group's first column, as in the paper, and written back into the
+quantizer's buffers. The layer then stores the GPTQ-rounded weight, which its weight quantizer
+maps to itself (fake quantization is idempotent on the grid).
+
+Layers GPTQ leaves at round-to-nearest: grouped/depthwise convs, non-zero padding modes and
+per-channel granularities along an axis other than 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eaq.methods.folding import fold_batchnorm_
+from eaq.methods.registry import Batches, register_method
+from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
+from eaq.plan import Plan
+from eaq.quant import PerChannel, PerGroup, Quantizer, choose_qparams
+from eaq.quant.primitives import _fake_quantize_impl
+
+__all__ = ["gptq_quantize_weight", "gptq_supported", "layer_inputs_2d"]
+
+
+def gptq_supported(layer: nn.Module) -> bool:
+    """True if GPTQ handles ``layer``'s weight (see the module docstring for the exceptions)."""
+    q = getattr(layer, "weight_quantizer", None)
+    if q is None:
+        return False
+    g = q.spec.granularity
+    if isinstance(g, PerChannel) and g.axis % layer.weight.ndim != 0:
+        return False
+    if isinstance(g, PerGroup) and g.axis % layer.weight.ndim != 1:
+        return False
+    if isinstance(layer, nn.Conv2d):
+        return layer.groups == 1 and layer.padding_mode == "zeros" and layer.padding != "same"
+    return isinstance(layer, nn.Linear)
+
+
+def layer_inputs_2d(layer: nn.Module, x: Tensor) -> Tensor:
+    """The layer's input as columns ``[in_features, n]`` (a conv's input unfolded)."""
+    if isinstance(layer, nn.Conv2d):
+        cols = F.unfold(
+            x,
+            layer.kernel_size,
+            dilation=layer.dilation,
+            padding=layer.padding,
+            stride=layer.stride,
+        )  # [N, C*kh*kw, L]
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+    return x.reshape(-1, x.shape[-1]).t()
+
+
+class _Hessian:
+    """Running ``H = 2/n * sum X X^T`` (float64 accumulation, as the reference keeps a mean)."""
+
+    def __init__(self) -> None:
+        self.H: Tensor | None = None
+        self.n = 0
+
+    def add(self, cols: Tensor) -> None:
+        cols = cols.double()
+        xx = cols @ cols.t()
+        self.H = xx if self.H is None else self.H + xx
+        self.n += cols.shape[1]
+
+    def value(self) -> Tensor:
+        return 2.0 * self.H / max(self.n, 1)
+
+
+def _row_qparams(w: Tensor, quantizer: Quantizer) -> tuple[Tensor, Tensor]:
+    """Per-row ``(scale, zero_point)`` of ``[out, k]`` columns, with min/max of the quantizer's
+    spec (used to refit a group's scale on the error-updated weights)."""
+    spec = quantizer.spec
+    lo, hi = w.amin(dim=1), w.amax(dim=1)
+    return choose_qparams(lo, hi, spec.bits, symmetric=spec.symmetric, signed=True)
+
+
+@torch.no_grad()
+def gptq_quantize_weight(
+    layer: nn.Module,
+    H: Tensor,
+    *,
+    block_columns: int = 128,
+    percdamp: float = 0.01,
+) -> Tensor:
+    """Round ``layer.weight`` with GPTQ on Hessian ``H``; store it and return it.
+
+    ``layer.weight_quantizer`` must be calibrated (its scale sets the grid; group scales are
+    refitted and written back).
+    """
+    quantizer: Quantizer = layer.weight_quantizer
+    g = quantizer.spec.granularity
+    shape = layer.weight.shape
+    out = shape[0]
+    W = layer.weight.detach().reshape(out, -1).double().clone()
+    n_cols = W.shape[1]
+    qmin, qmax = quantizer._qrange
+    per_col = math.prod(shape[2:]) if len(shape) > 2 else 1  # kernel positions per in-channel
+
+    if isinstance(g, PerGroup):
+        group_cols = g.size * per_col
+        scale = torch.empty(out, n_cols // group_cols, dtype=torch.float32)
+        zero = torch.empty(out, n_cols // group_cols, dtype=torch.int32)
+    else:
+        group_cols = 0
+        s = quantizer.scale.float()
+        z = quantizer.zero_point
+        row_scale = (s.reshape(-1) if s.ndim else s.expand(out)).reshape(out, 1).double()
+        row_zero = (z.reshape(-1) if z.ndim else z.expand(out)).reshape(out, 1).double()
+
+    H = H.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    damp = percdamp * torch.mean(torch.diag(H))
+    H.diagonal().add_(damp)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+    Q = torch.zeros_like(W)
+    for i1 in range(0, n_cols, block_columns):
+        i2 = min(i1 + block_columns, n_cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group_cols and col % group_cols == 0:
+                k = col // group_cols
+                # the group's columns as they are now: rounded ones are final, the rest updated
+                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :group_cols]
+                sc, zp = _row_qparams(current.float(), quantizer)
+                scale[:, k], zero[:, k] = sc, zp
+                row_scale, row_zero = sc.double()[:, None], zp.double()[:, None]
+            w = W1[:, i : i + 1]
+            q, _ = _fake_quantize_impl(w, row_scale, row_zero, qmin, qmax, False)
+            Q[:, col] = q[:, 0]
+            err = (w[:, 0] - q[:, 0]) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] @ Hinv1[i : i + 1, i:]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    if isinstance(g, PerGroup):
+        view = (out, n_cols // group_cols) + (1,) * (len(shape) - 2)
+        quantizer.scale = scale.reshape(view).to(quantizer.scale.device)
+        quantizer.zero_point = zero.reshape(view).to(quantizer.zero_point.device)
+    new = Q.reshape(shape).to(layer.weight.dtype)
+    if not isinstance(g, PerGroup):  # keep exactly what the quantizer makes of it
+        new = quantizer(new)
+    layer.weight.copy_(new)
+    return new
+
+
+@torch.no_grad()
+def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
+    """Calibrate ``model``'s quantizers on ``calib`` and GPTQ-round its supported weights.
+
+    The Hessians come from the float inputs seen during the calibration pass (quantizers pass
+    activations through while calibrating). Returns the names of the GPTQ-rounded layers.
+    """
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, QuantConv2d | QuantLinear) and gptq_supported(m)
+    }
+    hessians = {name: _Hessian() for name in layers}
+    handles = [
+        m.register_forward_pre_hook(
+            lambda mod, inp, name=name: hessians[name].add(layer_inputs_2d(mod, inp[0]))
+        )
+        for name, m in layers.items()
+    ]
+    try:
+        calibrate_(model, calib)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, layer in layers.items():
+        gptq_quantize_weight(layer, hessians[name].value(), **kwargs)
+        hessians[name] = None  # free it
+    return list(layers)
+
+
+@register_method(
+    "gptq", "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations"
+)
+def gptq(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+    fold_batchnorm_(model)
+    summary = quantize_(model, plan)
+    gptq_(model, calib)
+    return summary

@@ -1,0 +1,107 @@
+"""SmoothQuant (Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization
+for Large Language Models", ICML 2023) for the Linear layers of timm Vision Transformers.
+
+Activation outliers sit in a few input channels. Per input channel ``j`` of a Linear,
+``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (``max|X_j|`` over the calibration set,
+``max|W_j|`` over the weight's column ``j``); the activation is divided by ``s`` and the weight
+columns multiplied by it, which leaves the float function unchanged and moves quantization
+difficulty from activations to weights. The division is folded into the preceding LayerNorm's
+weight and bias, so it costs nothing at inference.
+
+Which Linears are smoothed (the rule, :func:`find_norm_linear_pairs`): in every module that has
+timm ``Block``'s structure, ``norm1`` (a LayerNorm) feeding ``attn.qkv`` and ``norm2`` feeding
+``mlp.fc1``. Other Linears (``attn.proj``, ``mlp.fc2``, the head) have no foldable producer and
+are left alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from eaq.methods.folding import fold_batchnorm_
+from eaq.methods.registry import Batches, get_method, register_method
+from eaq.nn import QuantSummary
+from eaq.plan import Plan
+
+__all__ = ["find_norm_linear_pairs", "input_channel_absmax", "smooth_"]
+
+_PAIRS = (("norm1", "attn.qkv"), ("norm2", "mlp.fc1"))
+
+
+def find_norm_linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layernorm_name, linear_name)`` pairs of timm blocks (see the module docstring)."""
+    pairs = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for norm_name, linear_name in _PAIRS:
+            try:
+                norm = module.get_submodule(norm_name)
+                linear = module.get_submodule(linear_name)
+            except AttributeError:
+                continue
+            if (
+                isinstance(norm, nn.LayerNorm)
+                and norm.elementwise_affine
+                and isinstance(linear, nn.Linear)
+                and tuple(norm.normalized_shape) == (linear.in_features,)
+            ):
+                pairs.append((prefix + norm_name, prefix + linear_name))
+    return pairs
+
+
+@torch.no_grad()
+def input_channel_absmax(model: nn.Module, names: list[str], calib: Batches) -> dict[str, Tensor]:
+    """``max|X_j|`` per input channel of each named Linear over ``calib`` (one pass)."""
+    maxima: dict[str, Tensor] = {}
+    handles = []
+    for name in names:
+
+        def hook(_m, inp, name=name):
+            x = inp[0].detach()
+            m = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
+            maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    model.eval()
+    try:
+        for images, _ in calib:
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return maxima
+
+
+@torch.no_grad()
+def smooth_(model: nn.Module, calib: Batches, alpha: float = 0.5) -> dict[str, Tensor]:
+    """Apply SmoothQuant to every LayerNorm -> Linear pair of ``model`` (float), in place.
+
+    Returns:
+        The smoothing factors ``s`` by Linear name.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    pairs = find_norm_linear_pairs(model)
+    act_max = input_channel_absmax(model, [lin for _, lin in pairs], calib)
+    factors = {}
+    for norm_name, linear_name in pairs:
+        norm = model.get_submodule(norm_name)
+        linear = model.get_submodule(linear_name)
+        w_max = linear.weight.abs().amax(0).float().clamp(min=1e-5)
+        x_max = act_max[linear_name].clamp(min=1e-5)
+        s = (x_max.pow(alpha) / w_max.pow(1.0 - alpha)).clamp(min=1e-5)
+        s = s.to(linear.weight.dtype)
+        norm.weight.div_(s)
+        if norm.bias is not None:
+            norm.bias.div_(s)
+        linear.weight.mul_(s[None, :])
+        factors[linear_name] = s
+    return factors
+
+
+@register_method("smoothquant", "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ")
+def smoothquant(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+    fold_batchnorm_(model)
+    smooth_(model, calib)
+    return get_method("ptq").fn(model, plan, calib)
