@@ -5,9 +5,11 @@ the model quantized and calibrated, in place. Every method honours the plan, so 
 with mixed-precision plans. ``eaq methods`` lists them.
 """
 
+import eaq.methods.adaround  # noqa: F401  (registers adaround)
 import eaq.methods.bias_correction  # noqa: F401  (registers biascorr)
 import eaq.methods.folding  # noqa: F401  (registers bnfold)
 import eaq.methods.gptq  # noqa: F401  (registers gptq)
+import eaq.methods.reconstruction  # noqa: F401  (registers brecq, qdrop)
 import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant)
 from eaq.methods.registry import (
     Method,

@@ -1,0 +1,131 @@
+"""Block reconstruction (BRECQ) and QDrop: units, the activation wrapper, one residual block."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from eaq.methods.adaround import AdaRoundConfig, AdaRoundWeight, prepare_
+from eaq.methods.reconstruction import (
+    ReconActQuantizer,
+    ReconstructionConfig,
+    reconstruct_,
+    reconstruction_units,
+)
+from eaq.models import BasicBlockA, ResNetCifar
+from eaq.nn import QuantConv2d
+from eaq.plan import Plan
+from eaq.quant import Quantizer, QuantSpec
+
+from .helpers import correlated
+
+
+def test_units_of_resnet20_style_model():
+    model = ResNetCifar(blocks=(2, 1, 1)).eval()
+    prepare_(model, Plan.uniform(4, 4), [(torch.randn(2, 3, 8, 8), torch.zeros(2))])
+    assert reconstruction_units(model) == [
+        "conv1",
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer3.0",
+        "linear",
+    ]
+
+
+def test_units_of_torchvision_and_timm_blocks():
+    from timm.models.vision_transformer import Block
+    from torchvision.models.resnet import BasicBlock
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), BasicBlock(8, 8), nn.Flatten(2))
+    prepare_(model, Plan.uniform(4, 4), [(torch.randn(2, 3, 4, 4), torch.zeros(2))])
+    assert reconstruction_units(model) == ["0", "1"]
+    vit = nn.Sequential(Block(16, 2), Block(16, 2)).eval()
+    prepare_(vit, Plan.uniform(4, 4), [(torch.randn(2, 5, 16), torch.zeros(2))])
+    assert reconstruction_units(vit) == ["0", "1"]
+
+
+def test_act_wrapper_matches_quantizer_when_nothing_is_learned_or_dropped():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5)
+    q = Quantizer(QuantSpec(bits=4)).calibrate_(x)
+    w = ReconActQuantizer(q, learn_scale=True)
+    torch.testing.assert_close(w(x), q(x), atol=1e-6, rtol=0)
+    # QDrop: about half the elements pass through unquantized
+    w.drop_prob = 0.5
+    kept = (w(x) == x) & (q(x) != x)
+    assert 0.3 < kept.float().mean() / (q(x) != x).float().mean() < 0.7
+    with torch.no_grad():
+        w.scale.mul_(1.5)
+    assert w.write_back() is q
+    assert torch.equal(q.scale, w.scale.detach())
+
+
+def _block_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(BasicBlockA(8, 8)).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics to fold
+        for bn in (model[0].bn1, model[0].bn2):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    calib = [(correlated(48, 8, 6, seed=1, positive=True), torch.zeros(48))]
+    return model, calib
+
+
+@pytest.mark.parametrize("drop_prob", [0.0, 0.5], ids=["brecq", "qdrop"])
+def test_block_reconstruction_beats_round_to_nearest(drop_prob):
+    model, calib = _block_model()
+    plan = Plan.uniform(3, 4, first_last_8bit=False)
+    _, float_model = prepare_(model, plan, calib)
+    rtn = copy.deepcopy(model)
+    # lr 1e-2 (not the default 1e-3) so that a few hundred steps converge
+    config = ReconstructionConfig(
+        AdaRoundConfig(iters=250, batch_size=16, lr=1e-2), drop_prob=drop_prob
+    )
+    [stats] = reconstruct_(model, float_model, calib, config)
+    assert stats.name == "0"
+
+    x = calib[0][0]
+    with torch.no_grad():
+        target = float_model(x)
+        err_rtn = (rtn(x) - target).pow(2).mean()
+        err_rec = (model(x) - target).pow(2).mean()
+    assert err_rec < 0.9 * err_rtn
+    assert stats.error_after < stats.error_before
+    # nothing of the reconstruction machinery is left behind; weights sit on their grids
+    assert not any(isinstance(m, AdaRoundWeight | ReconActQuantizer) for m in model.modules())
+    for m in model.modules():
+        if isinstance(m, QuantConv2d):
+            assert isinstance(m.weight_quantizer, Quantizer)
+            assert isinstance(m.input_quantizer, Quantizer)
+            assert torch.equal(m.weight_quantizer(m.weight), m.weight)
+
+
+def test_learned_act_scales_are_written_back():
+    model, calib = _block_model()
+    _, float_model = prepare_(model, Plan.uniform(4, 3, first_last_8bit=False), calib)
+    before = model[0].conv2.input_quantizer.scale.clone()
+    config = ReconstructionConfig(AdaRoundConfig(iters=30, batch_size=16), act_lr=1e-2)
+    reconstruct_(model, float_model, calib, config)
+    after = model[0].conv2.input_quantizer.scale
+    assert after.shape == before.shape and not torch.equal(after, before)
+    assert (after > 0).all()
+
+
+def test_vit_block_reconstruction_runs():
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(16, 2, mlp_ratio=2.0)).eval()
+    calib = [(torch.randn(16, 5, 16), torch.zeros(16))]
+    _, float_model = prepare_(model, Plan.uniform(4, 6, first_last_8bit=False), calib)
+    config = ReconstructionConfig(AdaRoundConfig(iters=40, batch_size=8), drop_prob=0.5)
+    [stats] = reconstruct_(model, float_model, calib, config)
+    assert stats.n_weights == sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)
+    )
+    assert stats.error_after <= stats.error_before * 1.05
+    assert not any(isinstance(m, AdaRoundWeight | ReconActQuantizer) for m in model.modules())
