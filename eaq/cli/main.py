@@ -12,11 +12,24 @@ from eaq.cli import (
     methods_cmd,
     models_cmd,
     quantize_cmd,
+    report_cmd,
+    sensitivity_cmd,
+    study_cmd,
     train_cmd,
 )
 from eaq.errors import EaqError
 
-COMMANDS = (models_cmd, quantize_cmd, evaluate_cmd, energy_cmd, train_cmd, methods_cmd)
+COMMANDS = (
+    models_cmd,
+    quantize_cmd,
+    evaluate_cmd,
+    energy_cmd,
+    train_cmd,
+    methods_cmd,
+    sensitivity_cmd,
+    study_cmd,
+    report_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

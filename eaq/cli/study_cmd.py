@@ -1,0 +1,71 @@
+"""``eaq study``: run (or resume) a study from a YAML file into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eaq.cli.common import check_positive, log, print_json
+from eaq.paths import resolve_data_root
+from eaq.study import Store, load_study, run_study, summarize
+from eaq.table import format_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="run a quantization study (FP32, uniform, percentile and budgeted mixed precision)",
+        description=(
+            "Run every model x configuration x seed of a study file, one database row each, "
+            "into a run folder; then `eaq report DIR` makes the tables and plots. "
+            "Example: eaq study studies/resnet20_cifar10.yaml --out runs/study-resnet20"
+        ),
+    )
+    p.add_argument("config", help="study YAML file (see studies/)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<study name>)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted study in --out")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--data-root", default=None, help="data folder (default $EAQ_DATA_ROOT)")
+    p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_positive("--limit", args.limit)
+    cfg = load_study(args.config).with_limit(args.limit)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    summary = run_study(
+        cfg,
+        out,
+        resume=args.resume,
+        data_root=resolve_data_root(args.data_root),
+        progress=not args.no_progress,
+    )
+    log(
+        f"study {cfg.name}: {summary.written} rows written, {summary.skipped} already done, "
+        f"{summary.seconds:.0f} s; database {out / 'study.sqlite'}"
+    )
+    with Store.open_folder(out) as store:
+        rows = summarize(store.results())
+    if args.json:
+        print_json(rows)
+        return 0
+    print(
+        format_table(
+            ["model", "config", "rel. energy", "top-1 mean", "top-1 std", "Δ top-1", "seeds"],
+            [
+                (
+                    r["model"],
+                    r["config"],
+                    round(r["relative_energy"], 4),
+                    round(r["top1_mean"], 2),
+                    round(r["top1_std"], 2),
+                    None if r["delta_top1"] is None else round(r["delta_top1"], 2),
+                    r["n_seeds"],
+                )
+                for r in rows
+            ],
+        )
+    )
+    return 0

@@ -1,0 +1,302 @@
+"""Per-layer quantization sensitivity, for each candidate ``(w_bits, a_bits)``.
+
+Two measures:
+
+``l2`` (the seed's eq. 5, the default)
+    ``S_l(c) = ||y_l^full - y_l^quant(c)||_2`` over the calibration set, where ``y_l^quant``
+    is layer ``l`` alone, weight and input fake-quantized at candidate ``c``, computed on the
+    *float* input that the layer sees in the float model. Cost: one float pass to calibrate
+    the input ranges (one observer per layer, shared by all widths), then one float pass with
+    hooks that, per batch and layer, run the layer once per candidate and accumulate the squared
+    error; no activation is kept beyond its batch. About ``2 + C * (conv/linear share)`` forward
+    passes for ``C`` candidates, never a model pass per layer.
+``kl``
+    ``KL(softmax(z_full) || softmax(z_quant))`` of the logits with only layer ``l`` quantized at
+    ``c`` (everything else float): one model pass per layer and candidate, so use it on a few
+    calibration images.
+
+Attention matmuls (Q*K^T, softmax*V) are measured like the other layers: the model is copied
+and its attention modules are made explicit (:class:`~eaq.nn.QuantMatMul`, unquantized).
+
+Examples:
+    >>> from eaq.models import create_model
+    >>> model = create_model("resnet20_cifar")
+    >>> calib = [(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))]
+    >>> s = layer_sensitivity(model, calib, [(4, 4), (8, 8)])
+    >>> s.values.shape == (len(s.names), 2) and bool((s.values[:, 0] >= s.values[:, 1]).all())
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eaq.errors import EaqError, choices_hint
+from eaq.nn import calibrate_, quantizable_layers, quantize_
+from eaq.plan import LayerConfig, Plan
+from eaq.quant import Quantizer
+
+MEASURES = ("l2", "kl")
+Candidate = tuple[int, int]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Sensitivity of each layer (rows, in :func:`~eaq.nn.quantizable_layers` order) to each
+    candidate ``(w_bits, a_bits)`` (columns).
+
+    Attributes:
+        names: layer names.
+        kinds: layer kinds (conv, linear, matmul).
+        candidates: the ``(w_bits, a_bits)`` columns.
+        values: ``[L, C]`` float64 array.
+        measure: ``l2`` or ``kl``.
+        n_images: calibration images used.
+    """
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    candidates: tuple[Candidate, ...]
+    values: np.ndarray
+    measure: str
+    n_images: int
+
+    def column(self, candidate: Candidate) -> np.ndarray:
+        """The sensitivity of every layer at one candidate."""
+        try:
+            return self.values[:, self.candidates.index(tuple(candidate))]
+        except ValueError:
+            raise EaqError(
+                f"no sensitivity measured for W{candidate[0]}A{candidate[1]}; measured: "
+                + ", ".join(f"W{w}A{a}" for w, a in self.candidates)
+            ) from None
+
+    def to_rows(self) -> list[dict]:
+        """One dict per (layer, candidate)."""
+        return [
+            {
+                "layer": name,
+                "kind": kind,
+                "index": i,
+                "w_bits": w,
+                "a_bits": a,
+                "value": float(self.values[i, j]),
+                "measure": self.measure,
+            }
+            for i, (name, kind) in enumerate(zip(self.names, self.kinds, strict=True))
+            for j, (w, a) in enumerate(self.candidates)
+        ]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict], n_images: int = 0) -> Sensitivity:
+        """Inverse of :meth:`to_rows`."""
+        layers = sorted({(r["index"], r["layer"], r["kind"]) for r in rows})
+        cands = sorted({(r["w_bits"], r["a_bits"]) for r in rows})
+        values = np.full((len(layers), len(cands)), np.nan)
+        for r in rows:
+            values[r["index"], cands.index((r["w_bits"], r["a_bits"]))] = r["value"]
+        return cls(
+            names=tuple(n for _, n, _ in layers),
+            kinds=tuple(k for _, _, k in layers),
+            candidates=tuple(cands),
+            values=values,
+            measure=rows[0]["measure"] if rows else "l2",
+            n_images=n_images,
+        )
+
+
+def candidate_grid(w_bits: Sequence[int], a_bits: Sequence[int] | None = None) -> list[Candidate]:
+    """Candidates from width sets: ``W=A`` pairs when ``a_bits`` is None, else all pairs."""
+    if a_bits is None:
+        return [(int(b), int(b)) for b in sorted(set(w_bits))]
+    return [(int(w), int(a)) for w in sorted(set(w_bits)) for a in sorted(set(a_bits))]
+
+
+def _explicit_copy(model: nn.Module) -> nn.Module:
+    """A float copy of ``model`` whose attention matmuls are modules (no quantizer anywhere)."""
+    model = copy.deepcopy(model).eval()
+    quantize_(model, Plan(default=None, first_last_8bit=False))
+    return model
+
+
+def _input_quantizers(base: LayerConfig, a_bits: set[int], observer) -> dict[int, Quantizer]:
+    out = {}
+    for b in sorted(a_bits):
+        q = Quantizer(replace(base, a_bits=b).act_spec())
+        q.observer = copy.deepcopy(observer)
+        q.calibrating = True
+        q.finish_calibration()
+        out[b] = q
+    return out
+
+
+@torch.no_grad()
+def layer_sensitivity(
+    model: nn.Module,
+    calib: Batches,
+    candidates: Sequence[Candidate],
+    *,
+    base: LayerConfig | None = None,
+    measure: str = "l2",
+    progress: bool = False,
+) -> Sensitivity:
+    """Sensitivity of every quantizable layer of a float ``model`` to every candidate.
+
+    Args:
+        model: a float model (left unchanged).
+        calib: calibration batches of ``(images, labels)``; iterated twice (``l2``) or
+            ``1 + L * C`` times (``kl``).
+        candidates: ``(w_bits, a_bits)`` pairs.
+        base: the other quantization settings (granularity, observers, symmetric); default
+            :class:`~eaq.plan.LayerConfig`'s (per-channel weights, min-max, symmetric).
+        measure: ``l2`` (seed eq. 5, layer-local) or ``kl`` (end-to-end logits).
+        progress: show a progress bar.
+    """
+    if measure not in MEASURES:
+        raise EaqError(f"unknown sensitivity measure {measure!r}; {choices_hint(MEASURES)}")
+    candidates = [tuple(int(b) for b in c) for c in candidates]
+    if not candidates:
+        raise EaqError("no candidate widths for the sensitivity")
+    base = base or LayerConfig()
+    for w, a in candidates:
+        replace(base, w_bits=w, a_bits=a)  # EaqError for bad widths
+    calib = list(calib)
+    if measure == "kl":
+        return _kl_sensitivity(model, calib, candidates, base, progress)
+    return _l2_sensitivity(model, calib, candidates, base, progress)
+
+
+def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
+    work = _explicit_copy(model)
+    refs = quantizable_layers(work)
+    modules = {ref.name: work.get_submodule(ref.name) for ref in refs}
+    a_set = {a for _, a in candidates}
+    w_set = {w for w, _ in candidates}
+
+    # Pass 1: one activation observer per layer input (both inputs of a matmul).
+    observers: dict[tuple[str, int], object] = {}
+    for ref in refs:
+        for k in range(2 if ref.kind == "matmul" else 1):
+            q = Quantizer(base.act_spec())
+            q.start_calibration()
+            observers[(ref.name, k)] = q
+
+    def observe_hook(name, n_inputs):
+        def hook(module, inputs):
+            for k in range(n_inputs):
+                observers[(name, k)](inputs[k])
+
+        return hook
+
+    handles = [
+        modules[r.name].register_forward_pre_hook(
+            observe_hook(r.name, 2 if r.kind == "matmul" else 1)
+        )
+        for r in refs
+    ]
+    n_images = 0
+    try:
+        for images, _ in calib:
+            work(images)
+            n_images += images.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+    if n_images == 0:
+        raise EaqError("the calibration set is empty")
+    in_q = {key: _input_quantizers(base, a_set, obs.observer) for key, obs in observers.items()}
+    w_q: dict[tuple[str, int], torch.Tensor] = {}
+    for ref in refs:
+        if ref.kind == "matmul":
+            continue
+        weight = modules[ref.name].weight
+        for w in w_set:
+            w_q[(ref.name, w)] = Quantizer(replace(base, w_bits=w).weight_spec()).calibrate_(
+                weight
+            )(weight)
+
+    # Pass 2: float pass; each layer re-run alone per candidate on its float input.
+    sq = np.zeros((len(refs), len(candidates)))
+
+    def error_hook(i, ref):
+        module = modules[ref.name]
+
+        def hook(mod, inputs, output):
+            for j, (w, a) in enumerate(candidates):
+                if ref.kind == "matmul":
+                    y = in_q[(ref.name, 0)][a](inputs[0]) @ in_q[(ref.name, 1)][a](inputs[1])
+                else:
+                    x = in_q[(ref.name, 0)][a](inputs[0])
+                    if isinstance(module, nn.Conv2d):
+                        y = module._conv_forward(x, w_q[(ref.name, w)], module.bias)
+                    else:
+                        y = F.linear(x, w_q[(ref.name, w)], module.bias)
+                sq[i, j] += float((y - output).double().pow(2).sum())
+
+        return hook
+
+    handles = [modules[r.name].register_forward_hook(error_hook(i, r)) for i, r in enumerate(refs)]
+    try:
+        for images, _ in _bar(calib, progress, "sensitivity"):
+            work(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return Sensitivity(
+        names=tuple(r.name for r in refs),
+        kinds=tuple(r.kind for r in refs),
+        candidates=tuple(candidates),
+        values=np.sqrt(sq),
+        measure="l2",
+        n_images=n_images,
+    )
+
+
+def _bar(items, progress: bool, desc: str):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
+    work = _explicit_copy(model)
+    refs = quantizable_layers(work)
+    ref_logp = [F.log_softmax(work(images).double(), dim=1) for images, _ in calib]
+    n_images = sum(images.shape[0] for images, _ in calib)
+    if n_images == 0:
+        raise EaqError("the calibration set is empty")
+    values = np.zeros((len(refs), len(candidates)))
+    jobs = [(i, j) for i in range(len(refs)) for j in range(len(candidates))]
+    for i, j in _bar(jobs, progress, "sensitivity (kl)"):
+        ref = refs[i]
+        w, a = candidates[j]
+        cfg = replace(base, w_bits=w, a_bits=a)
+        single = copy.deepcopy(model).eval()
+        quantize_(single, Plan(default=None, rules=((ref.name, cfg),), first_last_8bit=False))
+        calibrate_(single, calib)
+        kl = 0.0
+        for (images, _), lp in zip(calib, ref_logp, strict=True):
+            lq = F.log_softmax(single(images).double(), dim=1)
+            kl += float((lp.exp() * (lp - lq)).sum())
+        values[i, j] = kl / n_images
+    return Sensitivity(
+        names=tuple(r.name for r in refs),
+        kinds=tuple(r.kind for r in refs),
+        candidates=tuple(candidates),
+        values=values,
+        measure="kl",
+        n_images=n_images,
+    )
+
+
+__all__ = ["MEASURES", "Sensitivity", "candidate_grid", "layer_sensitivity"]

@@ -1,0 +1,379 @@
+"""Study configs: YAML -> frozen, validated dataclasses; errors name the field and its line.
+
+A study file::
+
+    study: resnet20-cifar10          # a name
+    profile: seed                    # energy profile
+    seeds: [0, 1, 2]                 # calibration seeds
+    calib_size: 256
+    batch_size: 256
+    method: ptq                      # PTQ method (``eaq methods``)
+    limit: null                      # evaluate on the first N test images (null: all)
+    sensitivity: {measure: l2, widths: [4, 6, 8], a_widths: null}
+    models:
+      - {name: resnet20_cifar, dataset: cifar10, weights: default}
+    configs:
+      - {name: FP32, strategy: fp32}
+      - {name: W8A8, strategy: uniform, w_bits: 8}
+      - {name: W8A8-tensor, strategy: uniform, w_bits: 8, granularity: tensor}
+      - {name: mixed, strategy: percentile, low: 25, high: 75}
+      - {name: budget, strategy: budget, budgets: [0.1, W6A6, 0.14]}
+
+Every config takes ``granularity``, ``observer``, ``w_observer``, ``symmetric`` and
+``first_last_8bit``; the other keys are the strategy's options (see :mod:`eaq.mixed.strategies`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eaq.errors import EaqError, choices_hint
+from eaq.mixed.sensitivity import MEASURES
+from eaq.mixed.strategies import get_strategy, strategy_names
+from eaq.plan import LayerConfig
+from eaq.quant import parse_granularity
+
+
+class _Map(dict):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _Seq(list):
+    line: int = 0
+    item_lines: list
+
+
+def _convert(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        out = _Map()
+        out.line = node.start_mark.line + 1
+        out.key_lines = {}
+        for k, v in node.value:
+            key = loader.construct_object(k, deep=True)
+            out[key] = _convert(loader, v)
+            out.key_lines[key] = k.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out = _Seq(_convert(loader, v) for v in node.value)
+        out.line = node.start_mark.line + 1
+        out.item_lines = [v.start_mark.line + 1 for v in node.value]
+        return out
+    return loader.construct_object(node, deep=True)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _convert(loader, node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise EaqError(f"{source}: {where}malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+COMMON_KEYS = ("name", "strategy", "granularity", "observer", "w_observer", "symmetric")
+COMMON_KEYS += ("first_last_8bit", "measure")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the study."""
+
+    name: str
+    dataset: str | None = None
+    weights: str = "default"
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """How sensitivities are measured (once per model and seed)."""
+
+    measure: str = "l2"
+    widths: tuple[int, ...] = (4, 6, 8)
+    a_widths: tuple[int, ...] | None = None
+    calib_size: int | None = None
+    kl_calib_size: int = 64
+
+    def candidates(self) -> list[tuple[int, int]]:
+        from eaq.mixed.sensitivity import candidate_grid
+
+        return candidate_grid(self.widths, self.a_widths)
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One configuration: a strategy, its options and the shared quantization settings."""
+
+    name: str
+    strategy: str
+    options: tuple[tuple[str, Any], ...] = ()
+    granularity: str = "channel"
+    observer: str = "minmax"
+    w_observer: str = "minmax"
+    symmetric: bool = True
+    first_last_8bit: bool = True
+    measure: str | None = None  # sensitivity measure; None: the study's
+
+    def base(self) -> LayerConfig:
+        return LayerConfig(
+            granularity=parse_granularity(self.granularity),
+            observer=self.observer,
+            w_observer=self.w_observer,
+            symmetric=self.symmetric,
+        )
+
+    @property
+    def options_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study; :meth:`fingerprint` identifies it (what changes results, not the name)."""
+
+    name: str
+    models: tuple[ModelEntry, ...]
+    configs: tuple[ConfigEntry, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    profile: str = "seed"
+    calib_size: int = 256
+    batch_size: int = 256
+    method: str = "ptq"
+    limit: int | None = None
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["configs"] = [
+            {**{k: v for k, v in asdict(c).items() if k != "options"}, **c.options_dict}
+            for c in self.configs
+        ]
+        return json.loads(json.dumps(d))
+
+    def fingerprint(self) -> str:
+        d = self.to_dict()
+        d.pop("name")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_limit(self, limit: int | None) -> StudyConfig:
+        from dataclasses import replace
+
+        return self if limit is None else replace(self, limit=limit)
+
+    def needs_sensitivity(self) -> bool:
+        return any(get_strategy(c.strategy).needs_sensitivity for c in self.configs)
+
+
+class _Checker:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, line: int | None, path: str, msg: str) -> EaqError:
+        where = f"line {line}: " if line else ""
+        return EaqError(f"{self.source}: {where}field '{path}': {msg}")
+
+    def mapping(self, value, line, path) -> _Map:
+        if not isinstance(value, dict):
+            raise self.fail(line, path, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+    def keys(self, m: _Map, path: str, valid) -> None:
+        for k in m:
+            if k not in valid:
+                raise self.fail(
+                    m.key_lines.get(k), f"{path}{k}", f"unknown field; {choices_hint(valid)}"
+                )
+
+    def int_(self, m: _Map, key, path, *, minimum=1, default=None, required=False):
+        if key not in m:
+            if required:
+                raise self.fail(m.line, path + key, "is required")
+            return default
+        v = m[key]
+        if v is None and not required:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(
+                m.key_lines[key], path + key, f"must be an integer >= {minimum}, got {v!r}"
+            )
+        return v
+
+    def str_(self, m: _Map, key, path, *, default=None, required=False, choices=None):
+        if key not in m:
+            if required:
+                raise self.fail(m.line, path + key, "is required")
+            return default
+        v = m[key]
+        if not isinstance(v, str) or not v:
+            raise self.fail(m.key_lines[key], path + key, f"must be a non-empty string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise self.fail(
+                m.key_lines[key], path + key, f"unknown value {v!r}; {choices_hint(choices)}"
+            )
+        return v
+
+    def bool_(self, m: _Map, key, path, *, default):
+        if key not in m:
+            return default
+        if not isinstance(m[key], bool):
+            raise self.fail(m.key_lines[key], path + key, f"must be true or false, got {m[key]!r}")
+        return m[key]
+
+    def int_list(self, m: _Map, key, path, *, default, minimum=0):
+        if key not in m:
+            return default
+        v = m[key]
+        if v is None:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v]
+        if (
+            not isinstance(v, list)
+            or not v
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in v)
+        ):
+            raise self.fail(
+                m.key_lines[key], path + key, f"must be a list of integers >= {minimum}, got {v!r}"
+            )
+        return tuple(v)
+
+
+def _freeze(v):
+    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
+
+
+def parse_study(text: str, source: str = "<study>") -> StudyConfig:
+    """Parse and validate a study from YAML text."""
+    from eaq.energy import profile_names
+    from eaq.methods import method_names
+    from eaq.models import model_names
+    from eaq.quant import observer_names
+
+    c = _Checker(source)
+    root = _parse_yaml(text, source)
+    if root is None:
+        raise EaqError(f"{source}: the study file is empty")
+    root = c.mapping(root, 1, "<top level>")
+    top = ("study", "models", "configs", "seeds", "profile", "calib_size", "batch_size")
+    top += ("method", "limit", "sensitivity")
+    c.keys(root, "", top)
+    name = c.str_(root, "study", "", required=True)
+    seeds = c.int_list(root, "seeds", "", default=(0, 1, 2))
+    if seeds is None or len(set(seeds)) != len(seeds):
+        raise c.fail(root.key_lines.get("seeds"), "seeds", "must be distinct integers")
+    profile = c.str_(root, "profile", "", default="seed")
+    if profile not in profile_names() and not Path(profile).is_file():
+        raise c.fail(
+            root.key_lines["profile"],
+            "profile",
+            f"unknown profile {profile!r}; {choices_hint(profile_names())}",
+        )
+    method = c.str_(root, "method", "", default="ptq", choices=method_names())
+    calib_size = c.int_(root, "calib_size", "", default=256)
+    batch_size = c.int_(root, "batch_size", "", default=256)
+    limit = c.int_(root, "limit", "", default=None)
+
+    sens = SensitivityConfig()
+    if "sensitivity" in root:
+        s = c.mapping(root["sensitivity"], root.key_lines["sensitivity"], "sensitivity")
+        c.keys(s, "sensitivity.", ("measure", "widths", "a_widths", "calib_size", "kl_calib_size"))
+        sens = SensitivityConfig(
+            measure=c.str_(s, "measure", "sensitivity.", default="l2", choices=MEASURES),
+            widths=c.int_list(s, "widths", "sensitivity.", default=(4, 6, 8), minimum=2),
+            a_widths=c.int_list(s, "a_widths", "sensitivity.", default=None, minimum=2),
+            calib_size=c.int_(s, "calib_size", "sensitivity.", default=None),
+            kl_calib_size=c.int_(s, "kl_calib_size", "sensitivity.", default=64),
+        )
+        if sens.widths is None:
+            raise c.fail(s.key_lines["widths"], "sensitivity.widths", "must not be null")
+
+    if "models" not in root:
+        raise c.fail(root.line, "models", "is required")
+    models_v = root["models"]
+    if not isinstance(models_v, list) or not models_v:
+        raise c.fail(root.key_lines["models"], "models", "must be a non-empty list")
+    models = []
+    for i, m in enumerate(models_v):
+        p = f"models[{i}]."
+        if isinstance(m, str):
+            m = _Map(name=m)
+            m.line, m.key_lines = models_v.item_lines[i], {"name": models_v.item_lines[i]}
+        m = c.mapping(m, models_v.item_lines[i], p[:-1])
+        c.keys(m, p, ("name", "dataset", "weights", "num_classes"))
+        models.append(
+            ModelEntry(
+                name=c.str_(m, "name", p, required=True, choices=model_names()),
+                dataset=c.str_(m, "dataset", p, default=None),
+                weights=c.str_(m, "weights", p, default="default"),
+                num_classes=c.int_(m, "num_classes", p, default=None),
+            )
+        )
+
+    if "configs" not in root:
+        raise c.fail(root.line, "configs", "is required")
+    configs_v = root["configs"]
+    if not isinstance(configs_v, list) or not configs_v:
+        raise c.fail(root.key_lines["configs"], "configs", "must be a non-empty list")
+    configs = []
+    seen = set()
+    for i, m in enumerate(configs_v):
+        p = f"configs[{i}]."
+        m = c.mapping(m, configs_v.item_lines[i], p[:-1])
+        strategy = c.str_(m, "strategy", p, required=True, choices=strategy_names())
+        cname = c.str_(m, "name", p, required=True)
+        if cname in seen or "@" in cname:
+            raise c.fail(m.key_lines["name"], p + "name", f"{cname!r} is repeated or holds '@'")
+        seen.add(cname)
+        valid = list(COMMON_KEYS) + list(get_strategy(strategy).options)
+        c.keys(m, p, valid)
+        gran = c.str_(m, "granularity", p, default="channel")
+        try:
+            parse_granularity(gran)
+        except EaqError as e:
+            raise c.fail(m.key_lines["granularity"], p + "granularity", str(e)) from None
+        entry = ConfigEntry(
+            name=cname,
+            strategy=strategy,
+            options=tuple((k, _freeze(v)) for k, v in m.items() if k not in COMMON_KEYS),
+            granularity=gran,
+            observer=c.str_(m, "observer", p, default="minmax", choices=observer_names()),
+            w_observer=c.str_(m, "w_observer", p, default="minmax", choices=observer_names()),
+            symmetric=c.bool_(m, "symmetric", p, default=True),
+            first_last_8bit=c.bool_(m, "first_last_8bit", p, default=True),
+            measure=c.str_(m, "measure", p, default=None, choices=MEASURES),
+        )
+        configs.append(entry)
+    return StudyConfig(
+        name=name,
+        models=tuple(models),
+        configs=tuple(configs),
+        seeds=tuple(seeds),
+        profile=profile,
+        calib_size=calib_size,
+        batch_size=batch_size,
+        method=method,
+        limit=limit,
+        sensitivity=sens,
+    )
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file."""
+    p = Path(path)
+    if not p.is_file():
+        raise EaqError(f"study file not found: {p}")
+    return parse_study(p.read_text(), str(p))

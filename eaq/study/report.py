@@ -1,0 +1,325 @@
+"""Reports generated from a study's database alone: tables, plots (PNG and SVG), CSV/JSON.
+
+``write_report(folder)`` writes, into ``folder/report/``: ``report.md``, ``report.html``,
+``rows.csv`` and ``rows.json`` (per seed), ``summary.csv`` and ``summary.json`` (mean and spread
+over seeds), and per model the Pareto plot, the energy breakdown (MAC vs memory), the per-layer
+sensitivity and the per-layer widths of the mixed configurations.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from eaq.mixed.pareto import pareto_front
+from eaq.study.store import Store
+
+SUMMARY_FIELDS = (
+    "model",
+    "config",
+    "strategy",
+    "dataset",
+    "relative_energy",
+    "energy_savings",
+    "mac_share",
+    "memory_share",
+    "relative_bops",
+    "top1_mean",
+    "top1_std",
+    "top1_min",
+    "top1_max",
+    "delta_top1",
+    "n_seeds",
+    "n_images",
+    "bits",
+)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (model, config): accuracy mean/std/min/max over seeds, energy, Δ vs FP32."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["config"])].append(r)
+    out = []
+    for (model, config), rs in groups.items():
+        top1 = [r["top1"] for r in rs]
+        bits: dict[str, float] = defaultdict(float)
+        for r in rs:
+            for k, v in r["bits"].items():
+                bits[k] += v / len(rs)
+        rel = statistics.fmean(r["relative_energy"] for r in rs)
+        out.append(
+            {
+                "model": model,
+                "config": config,
+                "strategy": rs[0]["strategy"],
+                "dataset": rs[0]["dataset"],
+                "relative_energy": rel,
+                "energy_savings": 1.0 - rel,
+                "mac_share": statistics.fmean(r["mac_share"] for r in rs),
+                "memory_share": statistics.fmean(r["memory_share"] for r in rs),
+                "relative_bops": statistics.fmean(r["relative_bops"] for r in rs),
+                "top1_mean": statistics.fmean(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "top1_min": min(top1),
+                "top1_max": max(top1),
+                "n_seeds": len(rs),
+                "n_images": rs[0]["n_images"],
+                "bits": {k: round(v, 2) for k, v in bits.items()},
+            }
+        )
+    fp32 = {r["model"]: r["top1_mean"] for r in out if r["strategy"] == "fp32"}
+    for r in out:
+        r["delta_top1"] = r["top1_mean"] - fp32[r["model"]] if r["model"] in fp32 else None
+    out.sort(key=lambda r: (r["model"], -r["relative_energy"], r["config"]))
+    return out
+
+
+def _bits_text(bits: dict) -> str:
+    total = sum(bits.values()) or 1
+    return ", ".join(f"{k}-bit: {v:g} ({100 * v / total:.0f}%)" for k, v in bits.items())
+
+
+def _table_md(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Config", "Accuracy (%)", "Δ Acc.", "Rel. Energy", "Energy Savings", "Seeds"]
+    rows = []
+    for r in summary:
+        acc = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
+        delta = (
+            "—" if r["strategy"] == "fp32" or r["delta_top1"] is None else f"{r['delta_top1']:+.2f}"
+        )
+        savings = "—" if r["strategy"] == "fp32" else f"{100 * r['energy_savings']:.1f}%"
+        rows.append(
+            [r["config"], acc, delta, f"{r['relative_energy']:.4f}", savings, str(r["n_seeds"])]
+        )
+    return headers, rows
+
+
+def _bits_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    widths = sorted({k for r in summary for k in r["bits"]}, key=lambda k: (k == "fp", k.zfill(3)))
+    headers = ["Config"] + [f"{k}-bit layers" if k != "fp" else "float layers" for k in widths]
+    rows = []
+    for r in summary:
+        if r["strategy"] in ("fp32", "uniform"):
+            continue
+        total = sum(r["bits"].values()) or 1
+        rows.append(
+            [r["config"]]
+            + [
+                f"{r['bits'].get(k, 0):g} ({100 * r['bits'].get(k, 0) / total:.1f}%)"
+                for k in widths
+            ]
+        )
+    return headers, rows
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder: Path, stem: str) -> list[str]:
+    names = []
+    for ext in ("png", "svg"):
+        fig.savefig(folder / f"{stem}.{ext}", dpi=120, bbox_inches="tight")
+        names.append(f"{stem}.{ext}")
+    _plt().close(fig)
+    return names
+
+
+def pareto_plot(summary: list[dict], model: str, folder: Path) -> str:
+    plt = _plt()
+    rs = [r for r in summary if r["model"] == model and r["strategy"] != "fp32"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"uniform": "s", "percentile": "^", "budget": "o"}
+    for strategy in sorted({r["strategy"] for r in rs}):
+        pts = [r for r in rs if r["strategy"] == strategy]
+        ax.errorbar(
+            [r["relative_energy"] for r in pts],
+            [r["top1_mean"] for r in pts],
+            yerr=[r["top1_std"] for r in pts],
+            fmt=markers.get(strategy, "D"),
+            label=strategy,
+            capsize=2,
+            alpha=0.8,
+        )
+    front = pareto_front([r["relative_energy"] for r in rs], [r["top1_mean"] for r in rs])
+    ax.plot(
+        [rs[i]["relative_energy"] for i in front],
+        [rs[i]["top1_mean"] for i in front],
+        "k--",
+        lw=1,
+        label="Pareto front",
+    )
+    for i in front:
+        ax.annotate(rs[i]["config"], (rs[i]["relative_energy"], rs[i]["top1_mean"]), fontsize=7)
+    fp32 = [r for r in summary if r["model"] == model and r["strategy"] == "fp32"]
+    if fp32:
+        ax.axhline(fp32[0]["top1_mean"], color="grey", lw=0.8, ls=":", label="FP32")
+    ax.set_xlabel("relative energy (FP32 = 1)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{model}: accuracy vs energy")
+    ax.legend(fontsize=8)
+    _save(fig, folder, f"{model}_pareto")
+    return f"{model}_pareto.png"
+
+
+def energy_plot(summary: list[dict], model: str, folder: Path) -> str:
+    plt = _plt()
+    rs = [r for r in summary if r["model"] == model]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rs)), 4))
+    x = range(len(rs))
+    mac = [r["relative_energy"] * r["mac_share"] for r in rs]
+    mem = [r["relative_energy"] * r["memory_share"] for r in rs]
+    ax.bar(x, mac, label="MAC")
+    ax.bar(x, mem, bottom=mac, label="memory")
+    ax.set_xticks(list(x), [r["config"] for r in rs], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("relative energy (FP32 = 1)")
+    ax.set_title(f"{model}: energy breakdown")
+    ax.legend()
+    _save(fig, folder, f"{model}_energy")
+    return f"{model}_energy.png"
+
+
+def sensitivity_plot(rows: list[dict], model: str, folder: Path, stem: str | None = None) -> str:
+    plt = _plt()
+    rows = [r for r in rows if r["model"] == model] if rows and "model" in rows[0] else rows
+    seed = min((r.get("seed", 0) for r in rows), default=0)
+    rows = [r for r in rows if r.get("seed", 0) == seed]
+    layers = sorted({(r["index"], r["layer"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 4))
+    for w, a in sorted({(r["w_bits"], r["a_bits"]) for r in rows}):
+        vals = {r["index"]: r["value"] for r in rows if (r["w_bits"], r["a_bits"]) == (w, a)}
+        ax.plot([vals.get(i) for i, _ in layers], marker="o", ms=3, label=f"W{w}A{a}")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), [n for _, n in layers], rotation=90, fontsize=6)
+    ax.set_ylabel(f"sensitivity ({rows[0]['measure'] if rows else ''})")
+    ax.set_title(f"{model}: per-layer sensitivity (seed {seed})")
+    ax.legend(fontsize=8)
+    stem = stem or f"{model}_sensitivity"
+    _save(fig, folder, stem)
+    return f"{stem}.png"
+
+
+def widths_plot(rows: list[dict], model: str, folder: Path) -> str | None:
+    plt = _plt()
+    seed = min((r["seed"] for r in rows if r["model"] == model), default=0)
+    rs = [
+        r
+        for r in rows
+        if r["model"] == model and r["seed"] == seed and r["strategy"] in ("percentile", "budget")
+    ]
+    if not rs:
+        return None
+    layers = [layer["name"] for layer in rs[0]["layers"]]
+    grid = [
+        [max(b for b in (lr["w_bits"], lr["a_bits"], 0) if b is not None) for lr in r["layers"]]
+        for r in rs
+    ]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 0.4 * len(rs) + 1.5))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rs)), [r["config"] for r in rs], fontsize=7)
+    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+    fig.colorbar(im, ax=ax, label="bits (max of W, A)")
+    ax.set_title(f"{model}: per-layer widths (seed {seed})")
+    _save(fig, folder, f"{model}_widths")
+    return f"{model}_widths.png"
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(
+                {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+            )
+
+
+def write_report(folder: str | Path) -> Path:
+    """Regenerate ``folder/report/`` from ``folder``'s database; returns the report folder."""
+    folder = Path(folder)
+    with Store.open_folder(folder) as store:
+        rows = store.results()
+        sens_rows = store.sensitivity_rows()
+        name = json.loads(store.get_meta("config") or "{}").get("name", folder.name)
+    out = folder / "report"
+    out.mkdir(exist_ok=True)
+    summary = summarize(rows)
+    flat = [{k: v for k, v in r.items() if k not in ("plan", "layers")} for r in rows]
+    (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _write_csv(out / "rows.csv", flat, flat[0].keys() if flat else ["model"])
+    _write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+
+    md = [
+        f"# Study {name}",
+        "",
+        f"{len(rows)} rows, generated from `{folder / 'study.sqlite'}`.",
+        "",
+    ]
+    body = []  # (kind, payload) for html
+    for model in sorted({r["model"] for r in summary}):
+        ms = [r for r in summary if r["model"] == model]
+        ds = ms[0]["dataset"]
+        md += [f"## {model} on {ds} ({ms[0]['n_images']} test images)", ""]
+        body.append(("h2", f"{model} on {ds} ({ms[0]['n_images']} test images)"))
+        h, t = _main_table(ms)
+        md += [
+            "Accuracy (top-1, mean ± std over seeds) and energy relative to FP32.",
+            "",
+            _table_md(h, t),
+            "",
+        ]
+        body.append(("table", (h, t)))
+        h, t = _bits_table(ms)
+        if t:
+            md += ["Bit-width distribution (mean over seeds).", "", _table_md(h, t), ""]
+            body.append(("table", (h, t)))
+        imgs = [pareto_plot(summary, model, out), energy_plot(summary, model, out)]
+        for measure in sorted({r["measure"] for r in sens_rows if r["model"] == model}):
+            srows = [r for r in sens_rows if r["model"] == model and r["measure"] == measure]
+            imgs.append(sensitivity_plot(srows, model, out, f"{model}_sensitivity_{measure}"))
+        wp = widths_plot(rows, model, out)
+        if wp:
+            imgs.append(wp)
+        for img in imgs:
+            md += [f"![{img}]({img})", ""]
+            body.append(("img", img))
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:70em;margin:auto}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}table{border-collapse:collapse}</style>",
+        f"<h1>Study {html.escape(name)}</h1>",
+    ]
+    for kind, payload in body:
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(payload)}</h2>")
+        elif kind == "table":
+            h, t = payload
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in h) + "</tr>")
+            parts += [
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in t
+            ]
+            parts.append("</table><br>")
+        else:
+            parts.append(f"<p><img src='{html.escape(payload)}' style='max-width:100%'></p>")
+    (out / "report.html").write_text("\n".join(parts) + "\n")
+    return out

@@ -1,0 +1,282 @@
+"""Run a study: models x configurations x seeds, each result a row of the store.
+
+Per model: statistics for the energy model once; per seed: the calibration draw and the layer
+sensitivities (stored, reused on resume); per configuration: its plan(s), quantization with
+the study's method, evaluation on the test set, and one row written in one transaction. A row
+whose key is in the store is skipped, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eaq.data import calibration_batches, eval_batches, load_dataset
+from eaq.energy import collect_stats, plan_energy
+from eaq.errors import EaqError
+from eaq.evaluate import evaluate
+from eaq.methods import quantize_model
+from eaq.mixed import (
+    Sensitivity,
+    StrategyContext,
+    bit_distribution,
+    get_strategy,
+    layer_sensitivity,
+    make_plans,
+)
+from eaq.models import create_model, get_model_info
+from eaq.nn import quantizable_layers
+from eaq.provenance import provenance
+from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
+from eaq.study.store import Store
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :func:`run_study` did."""
+
+    folder: Path
+    written: int
+    skipped: int
+    seconds: float
+
+
+def _n_plans(entry: ConfigEntry) -> int:
+    if entry.strategy == "budget":
+        budgets = entry.options_dict.get("budgets", [0.15])
+        return len(budgets) if isinstance(budgets, list) else 1
+    return 1
+
+
+def _context(entry: ConfigEntry, layers, stats, profile, sens) -> StrategyContext:
+    return StrategyContext(
+        layers=tuple(layers),
+        stats=stats,
+        profile=profile,
+        base=entry.base(),
+        first_last_8bit=entry.first_last_8bit,
+        sensitivity=sens,
+    )
+
+
+def _plans(entry: ConfigEntry, layers, stats, profile, sens):
+    out = []
+    for named in make_plans(
+        _context(entry, layers, stats, profile, sens), entry.strategy, entry.options_dict
+    ):
+        name = entry.name if named.label is None else f"{entry.name}@{named.label}"
+        out.append((name, named))
+    return out
+
+
+class _Model:
+    """One model's data, float network and energy statistics."""
+
+    def __init__(self, entry: ModelEntry, cfg: StudyConfig, root: Path) -> None:
+        self.entry = entry
+        self.info = get_model_info(entry.name)
+        self.dataset = entry.dataset or self.info.default_dataset
+        self.model = create_model(
+            entry.name, num_classes=entry.num_classes, weights=entry.weights, data_root=root
+        )
+        self.test = load_dataset(self.dataset, "test", root)
+        self.train = load_dataset(self.dataset, "train", root)
+        n_out = entry.num_classes or self.info.num_classes
+        n_classes = getattr(self.test, "num_classes", None)
+        if n_classes is not None and n_classes != n_out:
+            raise EaqError(
+                f"model {entry.name} has {n_out} classes but {self.dataset} has {n_classes}"
+            )
+        self.norm = dict(mean=self.info.mean, std=self.info.std, input_size=self.info.input_size)
+        self.batches = eval_batches(
+            self.test, batch_size=cfg.batch_size, limit=cfg.limit, **self.norm
+        )
+        self.stats = collect_stats(self.model, self.info.input_size)
+        self.layers = quantizable_layers(self.model)
+        self.weights_file = None
+        if entry.weights not in ("default", "pretrained", "random"):
+            self.weights_file = entry.weights
+        elif entry.weights == "default" and self.info.default_weights:
+            self.weights_file = root / self.info.default_weights
+
+    def calib(self, n: int, seed: int):
+        return calibration_batches(self.train, n=n, seed=seed, **self.norm)
+
+
+def check_study(cfg: StudyConfig, model: _Model) -> None:
+    """Build every plan with placeholder sensitivities: bad options and budgets fail early."""
+    cands = cfg.sensitivity.candidates()
+    dummy = Sensitivity(
+        names=tuple(r.name for r in model.layers),
+        kinds=tuple(r.kind for r in model.layers),
+        candidates=tuple(cands),
+        values=np.zeros((len(model.layers), len(cands))),
+        measure=cfg.sensitivity.measure,
+        n_images=0,
+    )
+    for entry in cfg.configs:
+        try:
+            _plans(entry, model.layers, model.stats, cfg.profile, dummy)
+        except EaqError as e:
+            raise EaqError(f"model {model.entry.name}, config {entry.name!r}: {e}") from None
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    data_root: Path,
+    progress: bool = True,
+) -> RunSummary:
+    """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
+
+    Raises:
+        EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    store = Store.open_folder(out, create=True)
+    try:
+        fresh = store.claim(cfg.fingerprint(), cfg.to_dict())
+        if not fresh and not resume:
+            raise EaqError(
+                f"{out} already holds this study; pass --resume to finish it, or choose "
+                "another --out folder"
+            )
+        (out / "study.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        done = store.done_keys()
+        n_before = len(done)
+        total = len(cfg.models) * len(cfg.seeds) * sum(_n_plans(c) for c in cfg.configs)
+        written = 0
+        bar = tqdm(total=total, desc="study", unit="row", disable=not progress)
+        bar.update(len(done))
+        try:
+            for entry in cfg.models:
+                keys_model = {k for k in done if k[0] == entry.name}
+                if len(keys_model) >= len(cfg.seeds) * sum(_n_plans(c) for c in cfg.configs):
+                    continue
+                m = _Model(entry, cfg, data_root)
+                check_study(cfg, m)
+                fp32_cache: dict = {}
+                for seed in cfg.seeds:
+                    written += _run_seed(cfg, m, seed, store, done, fp32_cache, bar, progress)
+        finally:
+            bar.close()
+    finally:
+        store.close()
+    return RunSummary(out, written, n_before, time.perf_counter() - start)
+
+
+def _measures(cfg: StudyConfig) -> list[str]:
+    """The sensitivity measures the study's strategies need (in config order)."""
+    out: list[str] = []
+    for entry in cfg.configs:
+        if get_strategy(entry.strategy).needs_sensitivity:
+            measure = entry.measure or cfg.sensitivity.measure
+            if measure not in out:
+                out.append(measure)
+    return out
+
+
+def _sensitivity(
+    cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool, measure: str
+) -> Sensitivity:
+    s_cfg = cfg.sensitivity
+    name = m.entry.name
+    if store.has_sensitivity(name, seed, measure):
+        rows = [r for r in store.sensitivity_rows(name, seed) if r["measure"] == measure]
+        return Sensitivity.from_rows(rows)
+    n = s_cfg.kl_calib_size if measure == "kl" else (s_cfg.calib_size or cfg.calib_size)
+    calib = m.calib(min(n, s_cfg.calib_size or cfg.calib_size), seed)
+    sens = layer_sensitivity(m.model, calib, s_cfg.candidates(), measure=measure, progress=progress)
+    store.add_sensitivity(name, seed, sens.to_rows())
+    return sens
+
+
+def _run_seed(
+    cfg, m: _Model, seed: int, store: Store, done: set, fp32_cache: dict, bar, progress: bool
+) -> int:
+    name = m.entry.name
+    n_keys = sum(_n_plans(c) for c in cfg.configs)
+    if sum(1 for k in done if k[0] == name and k[2] == seed) >= n_keys:
+        return 0
+    sens = {ms: _sensitivity(cfg, m, seed, store, progress, ms) for ms in _measures(cfg)}
+    calib = m.calib(cfg.calib_size, seed)
+    written = 0
+    for entry in cfg.configs:
+        measure = entry.measure or cfg.sensitivity.measure
+        for cname, named in _plans(entry, m.layers, m.stats, cfg.profile, sens.get(measure)):
+            if (name, cname, seed) in done:
+                continue
+            bar.set_postfix_str(f"{name} {cname} seed {seed}")
+            t0 = time.perf_counter()
+            if named.strategy == "fp32":
+                if "fp32" not in fp32_cache:
+                    fp32_cache["fp32"] = evaluate(
+                        m.model, m.batches, desc="fp32", progress=progress
+                    )
+                result = fp32_cache["fp32"]
+            else:
+                torch.manual_seed(seed)
+                model = copy.deepcopy(m.model)
+                quantize_model(model, named.plan, calib, method=cfg.method)
+                result = evaluate(model, m.batches, desc=cname, progress=progress)
+            report = plan_energy(m.stats, named.plan, cfg.profile)
+            prov = provenance(seed=seed, files={"weights": m.weights_file})
+            prov["study_fingerprint"] = cfg.fingerprint()
+            row = {
+                "model": name,
+                "config": cname,
+                "seed": seed,
+                "strategy": named.strategy,
+                "dataset": m.dataset,
+                "method": cfg.method,
+                "top1": result.top1,
+                "top5": result.top5,
+                "n_images": result.n_images,
+                "calib_size": cfg.calib_size,
+                "relative_energy": report.relative_energy,
+                "energy": report.energy,
+                "mac_share": report.mac_share,
+                "memory_share": report.memory_share,
+                "relative_bops": report.relative_bops,
+                "bits": bit_distribution(named.plan, m.layers),
+                "plan": named.plan.to_dict(),
+                "layers": [
+                    {
+                        "name": r.name,
+                        "kind": r.kind,
+                        "w_bits": r.w_bits,
+                        "a_bits": r.a_bits,
+                        "energy": r.energy,
+                        "mac_energy": r.mac_energy,
+                        "mem_energy": r.mem_energy,
+                    }
+                    for r in report.layers
+                ],
+                "info": {
+                    "config_base": entry.name,
+                    **named.info,
+                    "granularity": entry.granularity,
+                    "measure": measure if named.strategy in ("percentile", "budget") else None,
+                },
+                "provenance": prov,
+                "seconds": time.perf_counter() - t0,
+            }
+            store.add_result(row)
+            done.add((name, cname, seed))
+            written += 1
+            bar.update(1)
+    return written
+
+
+def strategy_needs_sensitivity(name: str) -> bool:
+    return get_strategy(name).needs_sensitivity

@@ -1,0 +1,110 @@
+"""Sensitivity: hook-based S_l equals a layer-by-layer reference; costs no pass per layer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eaq.errors import EaqError
+from eaq.mixed import Sensitivity, candidate_grid, layer_sensitivity
+from eaq.nn import calibrate_, quantize_
+from eaq.plan import LayerConfig, Plan
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
+
+
+def _calib(n_batches=2):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(4, 3, 8, 8, generator=g), torch.zeros(4, dtype=torch.long))
+        for _ in range(n_batches)
+    ]
+
+
+def test_l2_matches_reference_single_layer_quantization():
+    model, calib = _tiny(), _calib()
+    cands = [(4, 4), (8, 8)]
+    s = layer_sensitivity(model, calib, cands)
+    assert s.names == ("0", "2", "6") and s.values.shape == (3, 2)
+    for i, name in enumerate(s.names):
+        for j, (w, a) in enumerate(cands):
+            # reference: quantize only this layer, calibrate, compare its output on float inputs
+            q = copy.deepcopy(model)
+            quantize_(
+                q, Plan(default=None, rules=((name, LayerConfig(w, a)),), first_last_8bit=False)
+            )
+            calibrate_(q, calib)
+            layer_q, layer_f = q.get_submodule(name), model.get_submodule(name)
+            sq = 0.0
+            inputs: dict = {}
+            for x, _ in calib:
+                inputs.clear()
+                h = layer_f.register_forward_pre_hook(
+                    lambda m, inp, box=inputs: box.setdefault("x", inp[0])
+                )
+                with torch.no_grad():
+                    model(x)
+                    sq += float((layer_q(inputs["x"]) - layer_f(inputs["x"])).double().pow(2).sum())
+                h.remove()
+            assert s.values[i, j] == pytest.approx(np.sqrt(sq), rel=1e-4)
+    assert (s.values[:, 0] > s.values[:, 1]).all()  # 4 bits hurt more than 8
+
+
+def test_l2_runs_two_model_passes_only():
+    model, calib = _tiny(), _calib(3)
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, inp: calls.append(1))
+    layer_sensitivity(model, calib, candidate_grid([4, 6, 8]))
+    h.remove()
+    # the model copy is hooked, not the original: count passes on the copy's first layer
+    counted = []
+    orig = nn.Conv2d.forward
+
+    def count(self, x):
+        counted.append(1)
+        return orig(self, x)
+
+    nn.Conv2d.forward = count
+    try:
+        layer_sensitivity(model, calib, candidate_grid([4, 6, 8]))
+    finally:
+        nn.Conv2d.forward = orig
+    assert len(counted) == 2 * 2 * len(calib)  # 2 conv layers x 2 passes x batches
+
+
+def test_kl_measure_and_round_trip():
+    model, calib = _tiny(), _calib(1)
+    s = layer_sensitivity(model, calib, [(4, 4), (8, 8)], measure="kl")
+    assert s.measure == "kl" and (s.values >= 0).all()
+    back = Sensitivity.from_rows(s.to_rows())
+    assert back.names == s.names and np.allclose(back.values, s.values)
+    assert back.column((4, 4)).shape == (3,)
+    with pytest.raises(EaqError, match="W6A6"):
+        back.column((6, 6))
+
+
+def test_bad_measure_and_empty_candidates():
+    with pytest.raises(EaqError, match="measure"):
+        layer_sensitivity(_tiny(), _calib(), [(4, 4)], measure="hessian")
+    with pytest.raises(EaqError, match="candidate"):
+        layer_sensitivity(_tiny(), _calib(), [])
+
+
+def test_candidate_grid():
+    assert candidate_grid([8, 4]) == [(4, 4), (8, 8)]
+    assert candidate_grid([4], [4, 8]) == [(4, 4), (4, 8)]

@@ -1,0 +1,61 @@
+"""Study configs: parsed into frozen dataclasses; mistakes name the field and the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eaq.errors import EaqError
+from eaq.study import parse_study
+
+GOOD = """\
+study: t
+seeds: [0, 1]
+models:
+  - {name: resnet20_cifar, dataset: cifar10}
+configs:
+  - {name: FP32, strategy: fp32}
+  - {name: W4A4, strategy: uniform, w_bits: 4, granularity: tensor}
+  - name: budget
+    strategy: budget
+    budgets: [W4A4, 0.1]
+"""
+
+
+def test_parse_good_and_fingerprint():
+    cfg = parse_study(GOOD)
+    assert cfg.seeds == (0, 1) and cfg.models[0].name == "resnet20_cifar"
+    assert cfg.configs[2].options_dict == {"budgets": ["W4A4", 0.1]}
+    assert cfg.configs[1].granularity == "tensor"
+    assert cfg.fingerprint() == parse_study(GOOD.replace("study: t", "study: u")).fingerprint()
+    assert cfg.fingerprint() != cfg.with_limit(10).fingerprint()
+    with pytest.raises(AttributeError):
+        cfg.seeds = (3,)
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("strategy: fp32", "strategy: greedy", r"line 6: field 'configs\[0\].strategy'.*greedy"),
+        ("w_bits: 4", "wbits: 4", r"line 7: field 'configs\[1\].wbits'.*unknown field"),
+        ("seeds: [0, 1]", "seeds: [0, x]", r"line 2: field 'seeds'"),
+        ("name: resnet20_cifar", "name: nope", r"line 4: field 'models\[0\].name'"),
+        (
+            "granularity: tensor",
+            "granularity: diagonal",
+            r"line 7: field 'configs\[1\].granularity'",
+        ),
+        ("study: t\n", "", r"field 'study': is required"),
+        ("budgets: [W4A4, 0.1]", "budgets: [W4A4, 0.1", r"line \d+, column \d+: malformed YAML"),
+    ],
+)
+def test_errors_name_field_and_line(old, new, match):
+    with pytest.raises(EaqError, match=match):
+        parse_study(GOOD.replace(old, new), "s.yaml")
+
+
+def test_repo_studies_parse():
+    for path in sorted(Path(__file__).resolve().parents[2].glob("studies/*.yaml")):
+        cfg = parse_study(path.read_text(), str(path))
+        assert cfg.configs and cfg.models

@@ -1,0 +1,145 @@
+"""End to end on a tiny study: SIGKILL + resume == uninterrupted; report; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eaq.cli.main import main
+from eaq.study import VOLATILE_COLUMNS, Store, load_study, run_study
+
+TINY = """\
+study: tiny
+seeds: [0]
+calib_size: 8
+batch_size: 32
+sensitivity: {widths: [4, 8]}
+models: [{name: resnet20_cifar, dataset: cifar10}]
+configs:
+  - {name: FP32, strategy: fp32}
+  - {name: W8A8, strategy: uniform, w_bits: 8}
+  - {name: W4A4, strategy: uniform, w_bits: 4}
+  - {name: budget, strategy: budget, budgets: [W4A4, 0.1]}
+"""
+LIMIT = 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, resnet20_path) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    p.write_text(TINY)
+    return p
+
+
+@pytest.fixture(scope="module")
+def ref_run(tiny, tmp_path_factory, data_root) -> Path:
+    """The tiny study, uninterrupted, in-process."""
+    ref = tmp_path_factory.mktemp("ref")
+    run_study(load_study(tiny).with_limit(LIMIT), ref, data_root=data_root, progress=False)
+    return ref
+
+
+def _rows(folder: Path) -> list[dict]:
+    with Store.open_folder(folder) as s:
+        return [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in s.results()]
+
+
+def _n_rows(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root):
+    want = _rows(ref_run)
+    assert len(want) == 5
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "EAQ_DATA_ROOT": str(data_root)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "eaq",
+        "study",
+        str(tiny),
+        "--out",
+        str(out),
+        "--limit",
+        str(LIMIT),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _n_rows(out / "study.sqlite") < 1 and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _n_rows(out / "study.sqlite")
+    assert killed and 1 <= partial < len(want), "the study ended before it could be killed"
+
+    # without --resume the folder is refused, and nothing is lost
+    assert main([*cmd[3:], "--data-root", str(data_root)]) == 2
+    assert _n_rows(out / "study.sqlite") == partial
+    assert main([*cmd[3:], "--resume", "--data-root", str(data_root)]) == 0
+    assert _rows(out) == want
+    # resuming a finished study does nothing
+    assert main([*cmd[3:], "--resume", "--data-root", str(data_root)]) == 0
+    assert _rows(out) == want
+
+
+def test_json_and_report(tiny, ref_run, data_root, capsys):
+    out = ref_run
+    args = [str(tiny), "--out", str(out), "--limit", str(LIMIT), "--no-progress"]
+    args += ["--data-root", str(data_root), "--resume"]  # finished: runs nothing, prints rows
+    assert main(["study", *args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {"model", "config", "strategy", "relative_energy", "top1_mean", "top1_std", "n_seeds"}
+    assert all(keys <= set(r) for r in rows) and len(rows) == 5
+    assert main(["report", str(out)]) == 0
+    rep = out / "report"
+    for name in (
+        "report.md",
+        "report.html",
+        "rows.csv",
+        "summary.json",
+        "resnet20_cifar_pareto.png",
+        "resnet20_cifar_pareto.svg",
+        "resnet20_cifar_energy.svg",
+        "resnet20_cifar_sensitivity_l2.png",
+        "resnet20_cifar_widths.png",
+    ):
+        assert (rep / name).is_file(), name
+    assert "Rel. Energy" in (rep / "report.md").read_text()
+
+
+def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
+    base = ["--limit", "16", "--no-progress", "--data-root", str(data_root)]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("strategy: fp32", "strategy: magic"))
+    assert main(["study", str(bad), "--out", str(tmp_path / "a"), *base]) == 2
+    assert "configs[0].strategy" in capsys.readouterr().err
+    bad.write_text(TINY.replace("budgets: [W4A4, 0.1]", "budgets: [0.01]"))
+    assert main(["study", str(bad), "--out", str(tmp_path / "b"), *base]) == 2
+    assert "minimum relative energy" in capsys.readouterr().err
+    # a folder holding a different study is refused, its rows kept
+    other = tmp_path / "other"
+    with Store.open_folder(other, create=True) as s:
+        s.claim("0123", {"name": "other"})
+    assert main(["study", str(tiny), "--out", str(other), *base]) == 2
+    assert "different study" in capsys.readouterr().err
+    with Store.open_folder(other) as s:
+        assert s.get_meta("fingerprint") == "0123"
