@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from eaq.errors import EaqError
-from eaq.quant.granularity import Granularity, blocks_2d, reduce_blocks
-from eaq.quant.observers import Observer, register_observer
+from eaq.quant.granularity import Granularity, blocks_2d
+from eaq.quant.observers import MinMaxObserver, register_observer
 
 __all__ = ["ACIQ_GAUSSIAN", "ACIQ_LAPLACE", "ACIQObserver", "KLObserver", "aciq_alpha"]
 
@@ -75,27 +75,12 @@ def aciq_alpha(bits: int, dist: str = "laplace") -> float:
     return round((lo + hi) / 2.0, 4)
 
 
-class _RangeObserver(Observer):
-    """Shared part: exact running min/max per block; the clip is intersected with it."""
-
-    def __init__(self, granularity: Granularity) -> None:
-        super().__init__(granularity)
-        self.min_val: Tensor | None = None
-        self.max_val: Tensor | None = None
+class _RangeObserver(MinMaxObserver):
+    """Shared part: exact running min/max per block (MinMaxObserver's); the clip is intersected
+    with it. ``min_max()`` is the unclipped range."""
 
     def _observe_range(self, x: Tensor) -> None:
-        lo = reduce_blocks(x, self.granularity, "amin")
-        hi = reduce_blocks(x, self.granularity, "amax")
-        if self.min_val is None:
-            self.min_val, self.max_val = lo, hi
-        else:
-            self.min_val = torch.minimum(self.min_val, lo)
-            self.max_val = torch.maximum(self.max_val, hi)
-
-    def min_max(self) -> tuple[Tensor, Tensor]:
-        """The unclipped running min/max."""
-        self._check_data()
-        return self.min_val, self.max_val
+        MinMaxObserver._observe(self, x)
 
     def _clip(self, threshold: Tensor, center: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
         t = threshold.reshape(self.min_val.shape)

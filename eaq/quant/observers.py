@@ -17,6 +17,7 @@ Subclasses implement :meth:`Observer._observe` (one batch, float32, already chec
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -91,7 +92,7 @@ def _subsample_columns(n_cols: int, k: int, generator: torch.Generator, device) 
     return torch.randperm(n_cols, generator=generator)[:k].to(device)
 
 
-class Observer:
+class Observer(ABC):
     """Base class: validates batches, counts them and turns a range into parameters.
 
     Args:
@@ -139,13 +140,13 @@ class Observer:
         self._observe(x)
         self._n_updates += 1
 
+    @abstractmethod
     def _observe(self, x: Tensor) -> None:
-        """Record one float32 batch (subclasses)."""
-        raise NotImplementedError
+        """Record one float32 batch."""
 
+    @abstractmethod
     def min_max(self) -> tuple[Tensor, Tensor]:
         """The per-block range this observer settles on, each of shape ``scale_shape``."""
-        raise NotImplementedError
 
     def _range(self, bits: int, *, symmetric: bool, signed: bool) -> tuple[Tensor, Tensor]:
         """The range to quantize for these settings; by default :meth:`min_max`."""
