@@ -20,7 +20,7 @@ from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
 from eaq.methods import get_method, quantize_model
-from eaq.models import create_model
+from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.provenance import provenance
@@ -84,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     summary = quantize_model(model, plan, calib, method=args.method)
     quant = evaluate(model, batches, desc="quantized")
 
-    weights_file = args.weights if args.weights not in ("default", "pretrained", "random") else None
-    if args.weights == "default" and info.default_weights:
-        weights_file = root / info.default_weights
     result = {
         "model": args.model,
         "dataset": dataset,
@@ -109,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         "calib_size": args.calib_size,
         "seconds_fp32": fp32.seconds,
         "seconds_quant": quant.seconds,
-        "provenance": provenance(seed=args.seed, files={"weights": weights_file}),
+        "provenance": provenance(
+            seed=args.seed, files={"weights": weights_file(args.model, args.weights, root)}
+        ),
     }
     if args.json:
         result["layers"] = [row.__dict__ for row in summary.layers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -144,11 +145,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _on_cpu_copy(model, device):
-    if device == "cpu":
-        return model
-    import copy
-
-    return copy.deepcopy(model).cpu()
+    """The model itself on the CPU, else a CPU copy (evaluation batches are CPU tensors)."""
+    return model if device == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

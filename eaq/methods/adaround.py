@@ -47,6 +47,7 @@ from eaq.errors import EaqError
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
+from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 from eaq.quant import Quantizer
 
@@ -222,32 +223,21 @@ def bake_rounding_(layer: nn.Module, quantizer: Quantizer, ada: AdaRoundWeight) 
     layer.weight_quantizer = quantizer
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once it has what it needs."""
-
-
 def _forward_until(model: nn.Module, module: nn.Module, x: Tensor, want_output: bool) -> tuple:
     got: dict[str, Tensor] = {}
 
     def pre(_m, args):
         got["in"] = args[0].detach().clone()
         if not want_output:
-            raise _StopForward
+            raise StopForward
 
     def post(_m, _args, out):
         got["out"] = out.detach().clone()
-        raise _StopForward
+        raise StopForward
 
-    handles = [module.register_forward_pre_hook(pre)]
-    if want_output:
-        handles.append(module.register_forward_hook(post))
-    try:
-        model(x)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    post_hooks = [(module, post)] if want_output else []
+    with hooks_on([(module, pre)], pre=True), hooks_on(post_hooks):
+        forward_until_stopped(model, x)
     if "in" not in got:
         raise EaqError(f"the forward pass never reached {type(module).__name__}")
     return got["in"], got.get("out")

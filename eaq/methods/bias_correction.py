@@ -21,13 +21,10 @@ from torch import Tensor, nn
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
+from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 
 __all__ = ["bias_correct_"]
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has run."""
 
 
 def _channel_mean(y: Tensor, conv: bool) -> Tensor:
@@ -46,23 +43,20 @@ def _output_means(model: nn.Module, names: list[str], calib: Batches) -> dict[st
     """Per-channel output mean of each named layer over ``calib``, in one pass."""
     sums: dict[str, Tensor] = {}
     counts = dict.fromkeys(names, 0)
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-        conv = isinstance(module, nn.Conv2d)
 
-        def hook(_m, _inp, out, name=name, conv=conv):
+    def hook_for(name: str, conv: bool):
+        def hook(_m, _inp, out):
             s = _channel_mean(out, conv)
             sums[name] = s if name not in sums else sums[name] + s
             counts[name] += _count(out, conv)
 
-        handles.append(module.register_forward_hook(hook))
-    try:
+        return hook
+
+    modules = {name: model.get_submodule(name) for name in names}
+    pairs = [(m, hook_for(n, isinstance(m, nn.Conv2d))) for n, m in modules.items()]
+    with hooks_on(pairs):
         for images, _ in calib:
             model(images)
-    finally:
-        for h in handles:
-            h.remove()
     return {name: sums[name] / counts[name] for name in names}
 
 
@@ -76,17 +70,11 @@ def _layer_mean(model: nn.Module, layer: nn.Module, calib: Batches) -> Tensor:
         s = _channel_mean(out, conv)
         total[0] = s if total[0] is None else total[0] + s
         total[1] += _count(out, conv)
-        raise _Stop
+        raise StopForward
 
-    handle = layer.register_forward_hook(hook)
-    try:
+    with hooks_on([(layer, hook)]):
         for images, _ in calib:
-            try:
-                model(images)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+            forward_until_stopped(model, images)
     return total[0] / total[1]
 
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
+from eaq.nn.hooks import hooks_on
 from eaq.plan import Plan
 from eaq.quant import PerChannel, PerGroup, Quantizer, choose_qparams
 from eaq.quant.primitives import _fake_quantize_impl
@@ -179,17 +180,12 @@ def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
         if isinstance(m, QuantConv2d | QuantLinear) and gptq_supported(m)
     }
     hessians = {name: _Hessian() for name in layers}
-    handles = [
-        m.register_forward_pre_hook(
-            lambda mod, inp, name=name: hessians[name].add(layer_inputs_2d(mod, inp[0]))
-        )
+    pairs = [
+        (m, lambda mod, inp, name=name: hessians[name].add(layer_inputs_2d(mod, inp[0])))
         for name, m in layers.items()
     ]
-    try:
+    with hooks_on(pairs, pre=True):
         calibrate_(model, calib)
-    finally:
-        for h in handles:
-            h.remove()
     for name, layer in layers.items():
         gptq_quantize_weight(layer, hessians[name].value(), **kwargs)
         hessians[name] = None  # free it

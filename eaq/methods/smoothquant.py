@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, get_method, register_method
 from eaq.nn import QuantSummary
+from eaq.nn.hooks import hooks_on
 from eaq.plan import Plan
 
 __all__ = ["find_norm_linear_pairs", "input_channel_absmax", "smooth_"]
@@ -54,22 +55,19 @@ def find_norm_linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def input_channel_absmax(model: nn.Module, names: list[str], calib: Batches) -> dict[str, Tensor]:
     """``max|X_j|`` per input channel of each named Linear over ``calib`` (one pass)."""
     maxima: dict[str, Tensor] = {}
-    handles = []
-    for name in names:
 
-        def hook(_m, inp, name=name):
+    def hook_for(name: str):
+        def hook(_m, inp):
             x = inp[0].detach()
             m = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
             maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
 
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        return hook
+
     model.eval()
-    try:
+    with hooks_on([(model.get_submodule(n), hook_for(n)) for n in names], pre=True):
         for images, _ in calib:
             model(images)
-    finally:
-        for h in handles:
-            h.remove()
     return maxima
 
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from eaq.errors import EaqError, choices_hint
 from eaq.nn import calibrate_, quantizable_layers, quantize_
+from eaq.nn.hooks import hooks_on
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer
 
@@ -196,20 +197,14 @@ def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
 
         return hook
 
-    handles = [
-        modules[r.name].register_forward_pre_hook(
-            observe_hook(r.name, 2 if r.kind == "matmul" else 1)
-        )
-        for r in refs
-    ]
     n_images = 0
-    try:
+    observe = [
+        (modules[r.name], observe_hook(r.name, 2 if r.kind == "matmul" else 1)) for r in refs
+    ]
+    with hooks_on(observe, pre=True):
         for images, _ in calib:
             work(images)
             n_images += images.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
     if n_images == 0:
         raise EaqError("the calibration set is empty")
     in_q = {key: _input_quantizers(base, a_set, obs.observer) for key, obs in observers.items()}
@@ -243,13 +238,9 @@ def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
 
         return hook
 
-    handles = [modules[r.name].register_forward_hook(error_hook(i, r)) for i, r in enumerate(refs)]
-    try:
+    with hooks_on([(modules[r.name], error_hook(i, r)) for i, r in enumerate(refs)]):
         for images, _ in _bar(calib, progress, "sensitivity"):
             work(images)
-    finally:
-        for h in handles:
-            h.remove()
     return Sensitivity(
         names=tuple(r.name for r in refs),
         kinds=tuple(r.kind for r in refs),

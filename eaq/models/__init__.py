@@ -12,12 +12,14 @@ from eaq.models.registry import (
     list_models,
     model_names,
     register_model,
+    weights_file,
 )
 from eaq.models.resnet_cifar import RESIDUAL_BLOCKS, BasicBlockA, PadShortcut, ResNetCifar
 from eaq.models.vit import unfuse_attention_
 from eaq.models.weights import load_state_dict_file, load_weights_
 
 __all__ = [
+    "weights_file",
     "RESIDUAL_BLOCKS",
     "BasicBlockA",
     "ModelInfo",

@@ -157,24 +157,37 @@ def create_model(
                 "pass --weights PATH (a state-dict file) or --weights random"
             )
         model = entry.pretrained(n_cls, size)
-    elif key == "default":
-        if info.default_weights is None:
-            raise EaqError(f"no default weights for {name}; {WEIGHTS_HINT}")
-        root = default_data_root() if data_root is None else Path(data_root)
-        # The data root first (shared files such as the ResNet-20), then the project's own
-        # trained checkpoints (checkpoints/ beside the package).
-        candidates = [root / info.default_weights, repo_root() / info.default_weights]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
-        if not path.is_file():
-            raise EaqError(
-                f"default weights for {name} not found: looked for "
-                f"{' and '.join(map(str, candidates))}; set --data-root or "
-                f"EAQ_DATA_ROOT to a folder holding {info.default_weights}, or "
-                f"{WEIGHTS_HINT}"
-            )
-        model = entry.build(n_cls, size)
-        load_weights_(model, path, model_name=name)
     else:
         model = entry.build(n_cls, size)
-        load_weights_(model, Path(key).expanduser(), model_name=name)
+        load_weights_(model, weights_file(name, key, data_root), model_name=name)
     return model.eval()
+
+
+def weights_file(
+    name: str, weights: str | Path | None, data_root: Path | None = None
+) -> Path | None:
+    """The local file that ``weights`` (as :func:`create_model` takes it) names, or None.
+
+    None for random and online-pretrained weights. ``"default"`` looks in the data root first
+    (shared files such as the ResNet-20), then in the project's own trained checkpoints
+    (``checkpoints/`` beside the package); EaqError when the model has none or none is found.
+    """
+    key = None if weights is None else str(weights)
+    if key in (None, "random", "pretrained"):
+        return None
+    if key != "default":
+        return Path(key).expanduser()
+    info = _entry(name).info
+    if info.default_weights is None:
+        raise EaqError(f"no default weights for {name}; {WEIGHTS_HINT}")
+    root = default_data_root() if data_root is None else Path(data_root)
+    candidates = [root / info.default_weights, repo_root() / info.default_weights]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise EaqError(
+            f"default weights for {name} not found: looked for "
+            f"{' and '.join(map(str, candidates))}; set --data-root or "
+            f"EAQ_DATA_ROOT to a folder holding {info.default_weights}, or "
+            f"{WEIGHTS_HINT}"
+        )
+    return path

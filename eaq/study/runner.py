@@ -31,7 +31,7 @@ from eaq.mixed import (
     layer_sensitivity,
     make_plans,
 )
-from eaq.models import create_model, get_model_info
+from eaq.models import create_model, get_model_info, weights_file
 from eaq.nn import quantizable_layers
 from eaq.provenance import provenance
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
@@ -100,11 +100,7 @@ class _Model:
         )
         self.stats = collect_stats(self.model, self.info.input_size)
         self.layers = quantizable_layers(self.model)
-        self.weights_file = None
-        if entry.weights not in ("default", "pretrained", "random"):
-            self.weights_file = entry.weights
-        elif entry.weights == "default" and self.info.default_weights:
-            self.weights_file = root / self.info.default_weights
+        self.weights_file = weights_file(entry.name, entry.weights, root)
 
     def calib(self, n: int, seed: int):
         return calibration_batches(self.train, n=n, seed=seed, **self.norm)

@@ -30,8 +30,3 @@ def update_manifest(folder: Path, entry: dict) -> None:
     entries = json.loads(path.read_text()) if path.exists() else {}
     entries[entry["model"]] = entry
     path.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")
-
-
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}

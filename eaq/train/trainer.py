@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from tqdm import tqdm
 
@@ -147,17 +149,13 @@ def train(
 
     mixup = None
     if recipe.mixup > 0 or recipe.cutmix > 0:
-        from timm.data import Mixup
-
         mixup = Mixup(
             mixup_alpha=recipe.mixup,
             cutmix_alpha=recipe.cutmix,
             label_smoothing=recipe.label_smoothing,
             num_classes=data.num_classes,
         )
-        criterion: nn.Module = __import__(
-            "timm.loss", fromlist=["SoftTargetCrossEntropy"]
-        ).SoftTargetCrossEntropy()
+        criterion: nn.Module = SoftTargetCrossEntropy()
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     randaug = (
