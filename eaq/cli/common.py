@@ -114,3 +114,22 @@ def print_json(obj) -> None:
 def log(msg: str) -> None:
     """Human-readable progress that must not pollute --json output on stdout."""
     print(msg, file=sys.stderr)
+
+
+def parse_method_options(method: str, items: list[str] | None) -> dict:
+    """``--method-option KEY=VALUE`` items as a dict (values read as YAML scalars), checked
+    against the method's options."""
+    import yaml
+
+    from eaq.methods import check_method_options
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EaqError(f"--method-option {item!r} must look like KEY=VALUE, e.g. iters=500")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise EaqError(f"--method-option {item!r}: cannot read the value {value!r}") from None
+    return check_method_options(method, options)

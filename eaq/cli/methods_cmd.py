@@ -22,7 +22,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     methods = list_methods()
     if args.json:
-        print_json([{"name": m.name, "summary": m.summary} for m in methods])
+        print_json([{"name": m.name, "summary": m.summary, "options": m.options} for m in methods])
     else:
-        print(format_table(["method", "what it does"], [(m.name, m.summary) for m in methods]))
+        rows = [(m.name, m.summary, _options(m.options)) for m in methods]
+        print(format_table(["method", "what it does", "options (default)"], rows))
     return 0
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "-"

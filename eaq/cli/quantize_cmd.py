@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -13,6 +14,7 @@ from eaq.cli.common import (
     check_positive,
     log,
     model_and_dataset,
+    parse_method_options,
     plan_from_args,
     print_json,
 )
@@ -43,6 +45,12 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-size", type=int, default=256, help="calibration images (default 256)")
     g.add_argument("--method", default="ptq", help="PTQ method (see `eaq methods`; default ptq)")
+    g.add_argument(
+        "--method-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the method, e.g. iters=500 (repeatable; `eaq methods` lists them)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer widths")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     info, dataset = model_and_dataset(args)
     plan = plan_from_args(args)
     get_method(args.method)
+    method_options = parse_method_options(args.method, args.method_option)
     check_positive("--limit", args.limit)
     check_positive("--batch-size", args.batch_size)
     if args.calib_size < 1:
@@ -81,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     fp32 = evaluate(model, batches, desc="fp32")
     log(f"FP32: top-1 {fp32.top1:.2f}%  top-5 {fp32.top5:.2f}%  ({fp32.n_images} images)")
-    summary = quantize_model(model, plan, calib, method=args.method)
+    t0 = time.perf_counter()
+    summary = quantize_model(model, plan, calib, args.method, method_options)
+    calib_seconds = time.perf_counter() - t0
+    log(f"{args.method}: quantized and calibrated in {calib_seconds:.1f} s")
     quant = evaluate(model, batches, desc="quantized")
 
     result = {
@@ -98,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         "observer": args.observer if args.plan is None else None,
         "plan": plan.to_dict(),
         "method": args.method,
+        "method_options": method_options,
+        "calib_seconds": calib_seconds,
         "n_quantized_layers": summary.n_quantized,
         "n_layers": summary.n_layers,
         "quantized_kinds": summary.kind_counts(),

@@ -53,15 +53,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         format_table(
-            ["model", "config", "rel. energy", "top-1 mean", "top-1 std", "Δ top-1", "seeds"],
+            ["model", "config", "method", "rel. energy", "top-1 mean", "top-1 std", "Δ top-1"]
+            + ["calib. s", "seeds"],
             [
                 (
                     r["model"],
                     r["config"],
+                    r["method"],
                     round(r["relative_energy"], 4),
                     round(r["top1_mean"], 2),
                     round(r["top1_std"], 2),
                     None if r["delta_top1"] is None else round(r["delta_top1"], 2),
+                    round(r["calib_seconds_mean"], 1),
                     r["n_seeds"],
                 )
                 for r in rows

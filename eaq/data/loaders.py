@@ -171,15 +171,20 @@ def eval_batches(
     )
 
 
-def calibration_indices(n_total: int, n: int, seed: int) -> list[int]:
+def calibration_indices(n_total: int, n: int, seed: int, offset: int = 0) -> list[int]:
     """``n`` distinct indices out of ``range(n_total)``, drawn by a generator seeded by ``seed``.
+
+    The draw is positions ``offset .. offset + n`` of one seeded permutation, so draws of the
+    same seed at offsets 0 (calibration) and ``n_calib`` (a held-out set) never share an image.
 
     Examples:
         >>> calibration_indices(10, 3, seed=0) == calibration_indices(10, 3, seed=0)
         True
+        >>> set(calibration_indices(10, 3, 0)) & set(calibration_indices(10, 3, 0, offset=3))
+        set()
     """
     g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_total, generator=g)[:n].tolist()
+    return torch.randperm(n_total, generator=g)[offset : offset + n].tolist()
 
 
 def calibration_batches(
@@ -191,6 +196,7 @@ def calibration_batches(
     std: Sequence[float],
     input_size: int,
     batch_size: int = 64,
+    offset: int = 0,
 ) -> list[Batch]:
     """``n`` training images drawn without replacement, seeded, as normalised batches.
 
@@ -202,6 +208,8 @@ def calibration_batches(
         std: per-channel std the model expects.
         input_size: square size the model expects.
         batch_size: images per batch.
+        offset: skip the first ``offset`` images of the seeded draw (``offset=n_calib`` gives
+            a set disjoint from the calibration images, e.g. to score plans).
 
     Returns:
         A list of ``(images, labels)`` batches holding ``n`` images in all.
@@ -217,12 +225,13 @@ def calibration_batches(
         )
     if n < 1:
         raise EaqError(f"the calibration set is empty: --calib-size must be >= 1, got {n}")
-    if n > len(ds_train):
+    if n + offset > len(ds_train):
         raise EaqError(
-            f"--calib-size {n} is larger than the {len(ds_train)} images of the {ds_train.name} "
-            f"training split ({ds_train.source}); pass --calib-size <= {len(ds_train)}"
+            f"--calib-size {n}{f' (after {offset} images held out)' if offset else ''} is "
+            f"larger than the {len(ds_train)} images of the {ds_train.name} training split "
+            f"({ds_train.source}); pass --calib-size <= {len(ds_train) - offset}"
         )
-    idx = calibration_indices(len(ds_train), n, seed)
+    idx = calibration_indices(len(ds_train), n, seed, offset)
     norm = dict(mean=mean, std=std, input_size=input_size)
     if not ds_train.in_memory:
         return list(_folder_batches(ds_train, idx, batch_size=batch_size, **norm))

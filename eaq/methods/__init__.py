@@ -13,6 +13,7 @@ import eaq.methods.reconstruction  # noqa: F401  (registers brecq, qdrop)
 import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant)
 from eaq.methods.registry import (
     Method,
+    check_method_options,
     get_method,
     list_methods,
     method_names,
@@ -22,6 +23,7 @@ from eaq.methods.registry import (
 
 __all__ = [
     "Method",
+    "check_method_options",
     "get_method",
     "list_methods",
     "method_names",

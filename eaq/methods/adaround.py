@@ -431,10 +431,19 @@ ADAROUND_ITERS = 1000  # per layer; ResNet-20 W4A4: ~200 s single-threaded on a 
     "adaround",
     "BatchNorm folding, PTQ activations, AdaRound learned weight rounding (Nagel et al. 2020)",
 )
-def adaround(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+def adaround(
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    *,
+    iters: int = ADAROUND_ITERS,
+    reg_weight: float = 0.01,
+    seed: int = 0,
+) -> QuantSummary:
+    config = AdaRoundConfig(iters=iters, reg_weight=reg_weight, seed=seed)
     summary, float_model = prepare_(model, plan, calib)
     t0 = time.perf_counter()
-    adaround_(model, float_model, calib, AdaRoundConfig(iters=ADAROUND_ITERS), verbose=True)
+    adaround_(model, float_model, calib, config, verbose=True)
     _log_total("adaround", t0)
     return summary
 

@@ -195,8 +195,15 @@ def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
 @register_method(
     "gptq", "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations"
 )
-def gptq(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+def gptq(
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    *,
+    percdamp: float = 0.01,
+    block_columns: int = 128,
+) -> QuantSummary:
     fold_batchnorm_(model)
     summary = quantize_(model, plan)
-    gptq_(model, calib)
+    gptq_(model, calib, percdamp=percdamp, block_columns=block_columns)
     return summary

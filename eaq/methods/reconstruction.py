@@ -338,14 +338,31 @@ def _run(
     "brecq",
     "BatchNorm folding, PTQ activations, BRECQ block reconstruction (Li et al. 2021)",
 )
-def brecq(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
-    return _run(model, plan, calib, ReconstructionConfig(AdaRoundConfig(iters=BRECQ_ITERS)))
+def brecq(
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    *,
+    iters: int = BRECQ_ITERS,
+    learn_act_scale: bool = True,
+    seed: int = 0,
+) -> QuantSummary:
+    rounding = AdaRoundConfig(iters=iters, seed=seed)
+    return _run(model, plan, calib, ReconstructionConfig(rounding, learn_act_scale))
 
 
 @register_method(
     "qdrop",
     "BRECQ block reconstruction with QDrop: activation quantization dropped at p=0.5 (Wei 2022)",
 )
-def qdrop(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
-    config = ReconstructionConfig(AdaRoundConfig(iters=BRECQ_ITERS), drop_prob=QDROP_PROB)
-    return _run(model, plan, calib, config)
+def qdrop(
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    *,
+    iters: int = BRECQ_ITERS,
+    drop_prob: float = QDROP_PROB,
+    seed: int = 0,
+) -> QuantSummary:
+    rounding = AdaRoundConfig(iters=iters, seed=seed)
+    return _run(model, plan, calib, ReconstructionConfig(rounding, drop_prob=drop_prob))

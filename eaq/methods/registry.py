@@ -1,7 +1,13 @@
-"""The method registry and the one entry point, :func:`quantize_model`."""
+"""The method registry and the one entry point, :func:`quantize_model`.
+
+A method is ``fn(model, plan, calib, *, option=default, ...) -> QuantSummary``; its keyword-only
+arguments are its options (``eaq quantize --method-option iters=500``, ``method_options`` in a
+study config), validated by name here so a typo is an error, not a silent default.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,16 +19,21 @@ from eaq.nn import QuantSummary, calibrate_, quantize_
 from eaq.plan import Plan
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-MethodFn = Callable[[nn.Module, Plan, Batches], QuantSummary]
+MethodFn = Callable[..., QuantSummary]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A PTQ method: ``fn(model, plan, calib) -> QuantSummary`` quantizes ``model`` in place."""
+    """A PTQ method: ``fn(model, plan, calib, **options) -> QuantSummary`` quantizes in place.
+
+    Attributes:
+        options: option name -> default (the function's keyword-only arguments).
+    """
 
     name: str
     summary: str
     fn: MethodFn
+    options: dict
 
 
 _METHODS: dict[str, Method] = {}
@@ -34,7 +45,9 @@ def register_method(name: str, summary: str) -> Callable[[MethodFn], MethodFn]:
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = Method(name, summary, fn)
+        params = inspect.signature(fn).parameters.values()
+        options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        _METHODS[name] = Method(name, summary, fn, options)
         return fn
 
     return wrap
@@ -55,11 +68,41 @@ def get_method(name: str) -> Method:
         raise EaqError(f"unknown method {name!r}; {choices_hint(method_names())}") from None
 
 
+def check_method_options(name: str, options: dict | None) -> dict:
+    """``options`` checked against method ``name``'s option names and default types."""
+    method = get_method(name)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(method.options))
+    if unknown:
+        valid = choices_hint(list(method.options)) if method.options else "it takes none"
+        raise EaqError(f"method {name!r} has no option(s) {', '.join(unknown)}; {valid}")
+    for key, value in options.items():
+        default = method.options[key]
+        if isinstance(default, bool) or default is None:
+            ok = default is None or isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and (isinstance(value, int) or isinstance(default, float))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise EaqError(
+                f"method {name!r} option {key!r} must be like its default {default!r}, "
+                f"got {value!r}"
+            )
+    return options
+
+
 def quantize_model(
-    model: nn.Module, plan: Plan, calib: Batches, method: str = "ptq"
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    method: str = "ptq",
+    options: dict | None = None,
 ) -> QuantSummary:
     """Quantize ``model`` in place with ``plan`` and the named method; return the summary."""
-    return get_method(method).fn(model, plan, calib)
+    options = check_method_options(method, options)
+    return get_method(method).fn(model, plan, calib, **options)
 
 
 @register_method(

@@ -99,7 +99,9 @@ def smooth_(model: nn.Module, calib: Batches, alpha: float = 0.5) -> dict[str, T
 
 
 @register_method("smoothquant", "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ")
-def smoothquant(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+def smoothquant(
+    model: nn.Module, plan: Plan, calib: Batches, *, alpha: float = 0.5
+) -> QuantSummary:
     fold_batchnorm_(model)
-    smooth_(model, calib)
+    smooth_(model, calib, alpha=alpha)
     return get_method("ptq").fn(model, plan, calib)

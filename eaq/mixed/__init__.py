@@ -1,6 +1,7 @@
 """Mixed precision: per-layer sensitivity, assignment strategies (plans) and Pareto fronts."""
 
 from eaq.mixed.pareto import dominates, pareto_front
+from eaq.mixed.selection import PlanScorer
 from eaq.mixed.sensitivity import MEASURES, Sensitivity, candidate_grid, layer_sensitivity
 from eaq.mixed.strategies import (
     NamedPlan,
@@ -20,6 +21,7 @@ from eaq.mixed.strategies import (
 __all__ = [
     "MEASURES",
     "NamedPlan",
+    "PlanScorer",
     "Sensitivity",
     "Strategy",
     "StrategyContext",

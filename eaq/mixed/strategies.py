@@ -10,7 +10,10 @@ strategy       what it does
 ``uniform``    every layer at ``w_bits``/``a_bits``
 ``percentile`` the seed's eq. 6: ``S >= P_high`` -> 8, ``P_low <= S < P_high`` -> 6, else 4
 ``budget``     integer program (``scipy.optimize.milp``): minimise the summed sensitivity
-               subject to ``energy <= budget``, one plan per budget (a Pareto sweep)
+               subject to ``energy <= budget``, one plan per budget (a Pareto sweep); with
+               ``select: loss`` the program's plan and the uniform plans within the budget
+               are scored by a measured loss (:class:`~eaq.mixed.selection.PlanScorer`)
+               and the best is kept
 =============  ============================================================================
 
 A budget is a relative energy (``0.15``: 15 % of FP32) or the energy of a uniform plan
@@ -55,6 +58,7 @@ class StrategyContext:
         base: settings other than the widths (granularity, observers, scheme).
         first_last_8bit: keep the first and last weight layer at W8A8.
         sensitivity: per-layer sensitivities (for the strategies that need them).
+        plan_loss: measured loss of a whole plan (lower is better), for ``select: loss``.
     """
 
     layers: tuple[LayerRef, ...]
@@ -63,6 +67,12 @@ class StrategyContext:
     base: LayerConfig = field(default_factory=LayerConfig)
     first_last_8bit: bool = True
     sensitivity: Sensitivity | None = None
+    plan_loss: Callable[[Plan], float] | None = None
+
+    def uniform_plan(self, w_bits: int, a_bits: int) -> Plan:
+        """Every layer at ``w_bits``/``a_bits``, with the base settings and first/last policy."""
+        default = replace(self.base, w_bits=w_bits, a_bits=a_bits)
+        return Plan(default=default, first_last_8bit=self.first_last_8bit)
 
     def fixed_layers(self) -> set[str]:
         """Layers held at W8A8 by the first/last policy."""
@@ -181,8 +191,7 @@ def _uniform(
 ) -> list[NamedPlan]:
     w = _check_bits(w_bits, "w_bits")
     a = w if a_bits is None else _check_bits(a_bits, "a_bits")
-    plan = Plan(default=replace(ctx.base, w_bits=w, a_bits=a), first_last_8bit=ctx.first_last_8bit)
-    return [NamedPlan("uniform", plan, info={"w_bits": w, "a_bits": a})]
+    return [NamedPlan("uniform", ctx.uniform_plan(w, a), info={"w_bits": w, "a_bits": a})]
 
 
 @register_strategy(
@@ -243,10 +252,7 @@ def _budget_value(ctx: StrategyContext, budget, energy_fp32: float) -> tuple[flo
                 "such as 'W6A6'"
             )
         w, a = int(m[1]), int(m[2])
-        plan = Plan(
-            default=replace(ctx.base, w_bits=w, a_bits=a), first_last_8bit=ctx.first_last_8bit
-        )
-        return plan_energy(ctx.stats, plan, ctx.profile).energy, f"W{w}A{a}"
+        return plan_energy(ctx.stats, ctx.uniform_plan(w, a), ctx.profile).energy, f"W{w}A{a}"
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
         raise EaqError(f"budget {budget!r} must be a relative energy in (0, 1] or e.g. 'W6A6'")
     return float(budget) * energy_fp32, f"{float(budget):.3f}"
@@ -308,8 +314,14 @@ def cheapest_energy(ctx: StrategyContext, candidates: Sequence[tuple[int, int]])
     "integer program: minimise summed sensitivity subject to energy <= budget (scipy milp)",
     needs_sensitivity=True,
 )
-def _budget(ctx: StrategyContext, *, budgets: Sequence = (0.15,)) -> list[NamedPlan]:
+def _budget(
+    ctx: StrategyContext, *, budgets: Sequence = (0.15,), select: str = "sensitivity"
+) -> list[NamedPlan]:
     sens = ctx.need_sensitivity("budget")
+    if select not in SELECT:
+        raise EaqError(f"budget 'select' {select!r} is unknown; {choices_hint(SELECT)}")
+    if select == "loss" and ctx.plan_loss is None:
+        raise EaqError("budget with select 'loss' needs a model and data to score plans")
     if isinstance(budgets, (str, int, float)):
         budgets = [budgets]
     if not budgets:
@@ -329,9 +341,46 @@ def _budget(ctx: StrategyContext, *, budgets: Sequence = (0.15,)) -> list[NamedP
         widths = solve_budget(ctx, candidates, sens.values, value * (1 + 1e-12))
         if widths is None:
             raise EaqError(f"budget {label}: the integer program found no plan")
-        info = {"budget": b, "budget_relative": value / fp32}
-        out.append(NamedPlan("budget", ctx.layer_plan(widths), label=label, info=info))
+        info = {"budget": b, "budget_relative": value / fp32, "select": select}
+        plan = ctx.layer_plan(widths)
+        if select == "loss":
+            plan, info["candidates"] = _select_by_loss(ctx, plan, candidates, value)
+        out.append(NamedPlan("budget", plan, label=label, info=info))
     return out
+
+
+SELECT = ("sensitivity", "loss")
+
+
+def _select_by_loss(
+    ctx: StrategyContext, milp_plan: Plan, candidates: Sequence[tuple[int, int]], budget: float
+) -> tuple[Plan, list[dict]]:
+    """The integer program's plan or a uniform plan within ``budget``: the lowest measured loss.
+
+    Returns the chosen plan and, per candidate, ``{"name", "relative_energy", "loss",
+    "chosen"}`` (the program's plan is named ``milp``).
+    """
+    options = [("milp", milp_plan)]
+    layers = list(ctx.layers)
+    seen = [milp_plan.resolve(layers)]
+    for w, a in sorted(set(candidates)):
+        plan = ctx.uniform_plan(w, a)
+        resolved = plan.resolve(layers)
+        if resolved in seen:  # the program chose this uniform plan: score it once
+            continue
+        if plan_energy(ctx.stats, plan, ctx.profile).energy <= budget * (1 + 1e-9):
+            options.append((f"W{w}A{a}", plan))
+            seen.append(resolved)
+    scored = []
+    for name, plan in options:
+        report = plan_energy(ctx.stats, plan, ctx.profile)
+        scored.append((ctx.plan_loss(plan), name, plan, report.relative_energy))
+    best = min(range(len(scored)), key=lambda i: (scored[i][0], i))  # ties: the program's plan
+    rows = [
+        {"name": name, "relative_energy": rel, "loss": loss, "chosen": i == best}
+        for i, (loss, name, _, rel) in enumerate(scored)
+    ]
+    return scored[best][2], rows
 
 
 __all__ = [

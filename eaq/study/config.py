@@ -7,9 +7,10 @@ A study file::
     seeds: [0, 1, 2]                 # calibration seeds
     calib_size: 256
     batch_size: 256
-    method: ptq                      # PTQ method (``eaq methods``)
+    method: ptq                      # PTQ method (``eaq methods``); a config may override it
+    method_options: {}               # the method's options, e.g. {iters: 500}
     limit: null                      # evaluate on the first N test images (null: all)
-    sensitivity: {measure: l2, widths: [4, 6, 8], a_widths: null}
+    sensitivity: {measure: l2, widths: [4, 6, 8], a_widths: null, score_size: 512}
     models:
       - {name: resnet20_cifar, dataset: cifar10, weights: default}
     configs:
@@ -18,9 +19,12 @@ A study file::
       - {name: W8A8-tensor, strategy: uniform, w_bits: 8, granularity: tensor}
       - {name: mixed, strategy: percentile, low: 25, high: 75}
       - {name: budget, strategy: budget, budgets: [0.1, W6A6, 0.14]}
+      - {name: W4A4-adaround, strategy: uniform, w_bits: 4, method: adaround,
+         method_options: {iters: 500}}
 
-Every config takes ``granularity``, ``observer``, ``w_observer``, ``symmetric`` and
-``first_last_8bit``; the other keys are the strategy's options (see :mod:`eaq.mixed.strategies`).
+Every config takes ``granularity``, ``observer``, ``w_observer``, ``symmetric``,
+``first_last_8bit``, ``measure``, ``method`` and ``method_options``; the other keys are the
+strategy's options (see :mod:`eaq.mixed.strategies`).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 COMMON_KEYS = ("name", "strategy", "granularity", "observer", "w_observer", "symmetric")
-COMMON_KEYS += ("first_last_8bit", "measure")
+COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class SensitivityConfig:
     a_widths: tuple[int, ...] | None = None
     calib_size: int | None = None
     kl_calib_size: int = 64
+    score_size: int = 512  # held-out training images that score plans (budget, select: loss)
 
     def candidates(self) -> list[tuple[int, int]]:
         from eaq.mixed.sensitivity import candidate_grid
@@ -127,6 +132,8 @@ class ConfigEntry:
     symmetric: bool = True
     first_last_8bit: bool = True
     measure: str | None = None  # sensitivity measure; None: the study's
+    method: str | None = None  # PTQ method; None: the study's
+    method_options: tuple[tuple[str, Any], ...] | None = None  # None: the study's
 
     def base(self) -> LayerConfig:
         return LayerConfig(
@@ -153,6 +160,7 @@ class StudyConfig:
     calib_size: int = 256
     batch_size: int = 256
     method: str = "ptq"
+    method_options: tuple[tuple[str, Any], ...] = ()
     limit: int | None = None
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
 
@@ -173,6 +181,13 @@ class StudyConfig:
         from dataclasses import replace
 
         return self if limit is None else replace(self, limit=limit)
+
+    def method_of(self, entry: ConfigEntry) -> tuple[str, dict]:
+        """The PTQ method and options that ``entry`` is quantized with."""
+        if entry.method is None:
+            return self.method, dict(self.method_options)
+        opts = entry.method_options if entry.method_options is not None else ()
+        return entry.method, dict(opts)
 
     def needs_sensitivity(self) -> bool:
         return any(get_strategy(c.strategy).needs_sensitivity for c in self.configs)
@@ -251,6 +266,21 @@ class _Checker:
             )
         return tuple(v)
 
+    def method_options(self, m: _Map, path: str, method: str):
+        """``method_options`` of ``m`` checked against ``method``'s options (None: absent)."""
+        from eaq.methods import check_method_options
+
+        if "method_options" not in m:
+            return None
+        line = m.key_lines["method_options"]
+        v = m["method_options"] if m["method_options"] is not None else {}
+        self.mapping(v, line, path + "method_options")
+        try:
+            check_method_options(method, dict(v))
+        except EaqError as e:
+            raise self.fail(line, path + "method_options", str(e)) from None
+        return tuple(sorted(v.items()))
+
 
 def _freeze(v):
     return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
@@ -269,7 +299,7 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
         raise EaqError(f"{source}: the study file is empty")
     root = c.mapping(root, 1, "<top level>")
     top = ("study", "models", "configs", "seeds", "profile", "calib_size", "batch_size")
-    top += ("method", "limit", "sensitivity")
+    top += ("method", "method_options", "limit", "sensitivity")
     c.keys(root, "", top)
     name = c.str_(root, "study", "", required=True)
     seeds = c.int_list(root, "seeds", "", default=(0, 1, 2))
@@ -283,6 +313,7 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             f"unknown profile {profile!r}; {choices_hint(profile_names())}",
         )
     method = c.str_(root, "method", "", default="ptq", choices=method_names())
+    method_options = c.method_options(root, "", method) or ()
     calib_size = c.int_(root, "calib_size", "", default=256)
     batch_size = c.int_(root, "batch_size", "", default=256)
     limit = c.int_(root, "limit", "", default=None)
@@ -290,13 +321,15 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
     sens = SensitivityConfig()
     if "sensitivity" in root:
         s = c.mapping(root["sensitivity"], root.key_lines["sensitivity"], "sensitivity")
-        c.keys(s, "sensitivity.", ("measure", "widths", "a_widths", "calib_size", "kl_calib_size"))
+        s_keys = ("measure", "widths", "a_widths", "calib_size", "kl_calib_size", "score_size")
+        c.keys(s, "sensitivity.", s_keys)
         sens = SensitivityConfig(
             measure=c.str_(s, "measure", "sensitivity.", default="l2", choices=MEASURES),
             widths=c.int_list(s, "widths", "sensitivity.", default=(4, 6, 8), minimum=2),
             a_widths=c.int_list(s, "a_widths", "sensitivity.", default=None, minimum=2),
             calib_size=c.int_(s, "calib_size", "sensitivity.", default=None),
             kl_calib_size=c.int_(s, "kl_calib_size", "sensitivity.", default=64),
+            score_size=c.int_(s, "score_size", "sensitivity.", default=512),
         )
         if sens.widths is None:
             raise c.fail(s.key_lines["widths"], "sensitivity.widths", "must not be null")
@@ -355,7 +388,13 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             symmetric=c.bool_(m, "symmetric", p, default=True),
             first_last_8bit=c.bool_(m, "first_last_8bit", p, default=True),
             measure=c.str_(m, "measure", p, default=None, choices=MEASURES),
+            method=c.str_(m, "method", p, default=None, choices=method_names()),
         )
+        entry_method = entry.method or method
+        if "method_options" in m:
+            from dataclasses import replace
+
+            entry = replace(entry, method_options=c.method_options(m, p, entry_method) or ())
         configs.append(entry)
     return StudyConfig(
         name=name,
@@ -366,6 +405,7 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
         calib_size=calib_size,
         batch_size=batch_size,
         method=method,
+        method_options=method_options,
         limit=limit,
         sensitivity=sens,
     )

@@ -22,6 +22,7 @@ SUMMARY_FIELDS = (
     "model",
     "config",
     "strategy",
+    "method",
     "dataset",
     "relative_energy",
     "energy_savings",
@@ -35,7 +36,9 @@ SUMMARY_FIELDS = (
     "delta_top1",
     "n_seeds",
     "n_images",
+    "calib_seconds_mean",
     "bits",
+    "selected",
 )
 
 
@@ -52,11 +55,13 @@ def summarize(rows: list[dict]) -> list[dict]:
             for k, v in r["bits"].items():
                 bits[k] += v / len(rs)
         rel = statistics.fmean(r["relative_energy"] for r in rs)
+        selected = [_chosen(r) for r in sorted(rs, key=lambda r: r["seed"])]
         out.append(
             {
                 "model": model,
                 "config": config,
                 "strategy": rs[0]["strategy"],
+                "method": rs[0]["method"],
                 "dataset": rs[0]["dataset"],
                 "relative_energy": rel,
                 "energy_savings": 1.0 - rel,
@@ -69,7 +74,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "top1_max": max(top1),
                 "n_seeds": len(rs),
                 "n_images": rs[0]["n_images"],
+                "calib_seconds_mean": statistics.fmean(r["calib_seconds"] for r in rs),
                 "bits": {k: round(v, 2) for k, v in bits.items()},
+                "selected": selected if any(selected) else None,
             }
         )
     fp32 = {r["model"]: r["top1_mean"] for r in out if r["strategy"] == "fp32"}
@@ -77,6 +84,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         r["delta_top1"] = r["top1_mean"] - fp32[r["model"]] if r["model"] in fp32 else None
     out.sort(key=lambda r: (r["model"], -r["relative_energy"], r["config"]))
     return out
+
+
+def _chosen(row: dict) -> str | None:
+    """Which candidate a ``select: loss`` budget row kept (``milp`` or a uniform plan)."""
+    for c in row["info"].get("candidates") or []:
+        if c["chosen"]:
+            return c["name"]
+    return None
 
 
 def _bits_text(bits: dict) -> str:
@@ -91,7 +106,8 @@ def _table_md(headers, rows) -> str:
 
 
 def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Config", "Accuracy (%)", "Δ Acc.", "Rel. Energy", "Energy Savings", "Seeds"]
+    headers = ["Config", "Method", "Accuracy (%)", "Δ Acc.", "Rel. Energy", "Energy Savings"]
+    headers += ["Calib. (s)", "Seeds"]
     rows = []
     for r in summary:
         acc = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
@@ -99,10 +115,20 @@ def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
             "—" if r["strategy"] == "fp32" or r["delta_top1"] is None else f"{r['delta_top1']:+.2f}"
         )
         savings = "—" if r["strategy"] == "fp32" else f"{100 * r['energy_savings']:.1f}%"
+        calib = "—" if r["strategy"] == "fp32" else f"{r['calib_seconds_mean']:.1f}"
         rows.append(
-            [r["config"], acc, delta, f"{r['relative_energy']:.4f}", savings, str(r["n_seeds"])]
+            [r["config"], r["method"], acc, delta, f"{r['relative_energy']:.4f}", savings]
+            + [calib, str(r["n_seeds"])]
         )
     return headers, rows
+
+
+def _selected_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """For ``select: loss`` budgets: the plan kept per seed (the program's or a uniform one)."""
+    rows = [
+        [r["config"], ", ".join(c or "—" for c in r["selected"])] for r in summary if r["selected"]
+    ]
+    return ["Config", "Plan kept per seed (lowest held-out KL)"], rows
 
 
 def _bits_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -289,6 +315,16 @@ def write_report(folder: str | Path) -> Path:
         h, t = _bits_table(ms)
         if t:
             md += ["Bit-width distribution (mean over seeds).", "", _table_md(h, t), ""]
+            body.append(("table", (h, t)))
+        h, t = _selected_table(ms)
+        if t:
+            md += [
+                "Budgets with `select: loss`: the integer program's plan (`milp`) or the uniform "
+                "plan within the budget with the lowest KL on held-out training images.",
+                "",
+                _table_md(h, t),
+                "",
+            ]
             body.append(("table", (h, t)))
         imgs = [pareto_plot(summary, model, out), energy_plot(summary, model, out)]
         for measure in sorted({r["measure"] for r in sens_rows if r["model"] == model}):

@@ -24,6 +24,7 @@ from eaq.errors import EaqError
 from eaq.evaluate import evaluate
 from eaq.methods import quantize_model
 from eaq.mixed import (
+    PlanScorer,
     Sensitivity,
     StrategyContext,
     bit_distribution,
@@ -55,7 +56,7 @@ def _n_plans(entry: ConfigEntry) -> int:
     return 1
 
 
-def _context(entry: ConfigEntry, layers, stats, profile, sens) -> StrategyContext:
+def _context(entry: ConfigEntry, layers, stats, profile, sens, plan_loss) -> StrategyContext:
     return StrategyContext(
         layers=tuple(layers),
         stats=stats,
@@ -63,14 +64,14 @@ def _context(entry: ConfigEntry, layers, stats, profile, sens) -> StrategyContex
         base=entry.base(),
         first_last_8bit=entry.first_last_8bit,
         sensitivity=sens,
+        plan_loss=plan_loss,
     )
 
 
-def _plans(entry: ConfigEntry, layers, stats, profile, sens):
+def _plans(entry: ConfigEntry, layers, stats, profile, sens, plan_loss=None):
     out = []
-    for named in make_plans(
-        _context(entry, layers, stats, profile, sens), entry.strategy, entry.options_dict
-    ):
+    ctx = _context(entry, layers, stats, profile, sens, plan_loss)
+    for named in make_plans(ctx, entry.strategy, entry.options_dict):
         name = entry.name if named.label is None else f"{entry.name}@{named.label}"
         out.append((name, named))
     return out
@@ -102,8 +103,8 @@ class _Model:
         self.layers = quantizable_layers(self.model)
         self.weights_file = weights_file(entry.name, entry.weights, root)
 
-    def calib(self, n: int, seed: int):
-        return calibration_batches(self.train, n=n, seed=seed, **self.norm)
+    def calib(self, n: int, seed: int, offset: int = 0):
+        return calibration_batches(self.train, n=n, seed=seed, offset=offset, **self.norm)
 
 
 def check_study(cfg: StudyConfig, model: _Model) -> None:
@@ -119,7 +120,7 @@ def check_study(cfg: StudyConfig, model: _Model) -> None:
     )
     for entry in cfg.configs:
         try:
-            _plans(entry, model.layers, model.stats, cfg.profile, dummy)
+            _plans(entry, model.layers, model.stats, cfg.profile, dummy, lambda plan: 0.0)
         except EaqError as e:
             raise EaqError(f"model {model.entry.name}, config {entry.name!r}: {e}") from None
 
@@ -206,14 +207,30 @@ def _run_seed(
         return 0
     sens = {ms: _sensitivity(cfg, m, seed, store, progress, ms) for ms in _measures(cfg)}
     calib = m.calib(cfg.calib_size, seed)
+    scorer: list[PlanScorer] = []  # made on first use
+
+    def plan_loss(plan) -> float:
+        if not scorer:
+            held_out = m.calib(cfg.sensitivity.score_size, seed, offset=cfg.calib_size)
+            scorer.append(PlanScorer(m.model, calib, held_out))
+        return scorer[0](plan)
+
     written = 0
     for entry in cfg.configs:
+        n_done = sum(
+            1 for k in done if k[0] == name and k[2] == seed and k[1].split("@")[0] == entry.name
+        )
+        if n_done >= _n_plans(entry):
+            continue
         measure = entry.measure or cfg.sensitivity.measure
-        for cname, named in _plans(entry, m.layers, m.stats, cfg.profile, sens.get(measure)):
+        plans = _plans(entry, m.layers, m.stats, cfg.profile, sens.get(measure), plan_loss)
+        for cname, named in plans:
             if (name, cname, seed) in done:
                 continue
             bar.set_postfix_str(f"{name} {cname} seed {seed}")
             t0 = time.perf_counter()
+            method, method_options = cfg.method_of(entry)
+            calib_seconds = 0.0
             if named.strategy == "fp32":
                 if "fp32" not in fp32_cache:
                     fp32_cache["fp32"] = evaluate(
@@ -223,7 +240,8 @@ def _run_seed(
             else:
                 torch.manual_seed(seed)
                 model = copy.deepcopy(m.model)
-                quantize_model(model, named.plan, calib, method=cfg.method)
+                quantize_model(model, named.plan, calib, method, method_options)
+                calib_seconds = time.perf_counter() - t0
                 result = evaluate(model, m.batches, desc=cname, progress=progress)
             report = plan_energy(m.stats, named.plan, cfg.profile)
             prov = provenance(seed=seed, files={"weights": m.weights_file})
@@ -234,7 +252,7 @@ def _run_seed(
                 "seed": seed,
                 "strategy": named.strategy,
                 "dataset": m.dataset,
-                "method": cfg.method,
+                "method": method if named.strategy != "fp32" else "none",
                 "top1": result.top1,
                 "top5": result.top5,
                 "n_images": result.n_images,
@@ -263,7 +281,9 @@ def _run_seed(
                     **named.info,
                     "granularity": entry.granularity,
                     "measure": measure if named.strategy in ("percentile", "budget") else None,
+                    "method_options": method_options,
                 },
+                "calib_seconds": calib_seconds,
                 "provenance": prov,
                 "seconds": time.perf_counter() - t0,
             }

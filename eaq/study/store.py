@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS results (
     info TEXT NOT NULL,
     provenance TEXT NOT NULL,
     seconds REAL NOT NULL,
+    calib_seconds REAL NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (model, config, seed)
 );
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS sensitivity (
 """
 
 JSON_COLUMNS = ("bits", "plan", "layers", "info", "provenance")
-VOLATILE_COLUMNS = ("seconds", "created", "provenance")
+VOLATILE_COLUMNS = ("seconds", "calib_seconds", "created", "provenance")
 """Columns that differ between two runs of the same study (timing, time stamps, versions)."""
 
 

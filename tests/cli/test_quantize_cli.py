@@ -74,6 +74,15 @@ ERRORS = [
     (["--model", "resnet20_cifar", "--granularity", "rows"], "rows"),
     (["--model", "resnet20_cifar", "--calib-size", "0"], "calibration set is empty"),
     (["--model", "resnet20_cifar", "--weights", "/nonexistent/w.th"], "/nonexistent/w.th"),
+    (
+        ["--model", "resnet20_cifar", "--method", "adaround", "--method-option", "iter=5"],
+        "'adaround' has no option.*iter; valid: iters, reg_weight, seed",
+    ),
+    (["--model", "resnet20_cifar", "--method-option", "iters"], "KEY=VALUE"),
+    (
+        ["--model", "resnet20_cifar", "--method", "brecq", "--method-option", "iters=many"],
+        "option 'iters' must be like its default 500, got 'many'",
+    ),
 ]
 
 
@@ -150,3 +159,33 @@ def test_methods_lists_ptq_and_unknown_method_is_refused(capsys, data_root):
         "magic",
     )
     assert code == 2 and "magic" in err and "ptq" in err
+
+
+def test_method_options_and_calibration_time_in_json(capsys, data_root):
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--data-root",
+        str(data_root),
+        "--w-bits",
+        "4",
+        "--limit",
+        "64",
+        "--calib-size",
+        "32",
+        "--method",
+        "gptq",
+        "--method-option",
+        "percdamp=0.05",
+        "--method-option",
+        "block_columns=16",
+        "--json",
+    )
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["method"] == "gptq"
+    assert r["method_options"] == {"percdamp": 0.05, "block_columns": 16}
+    assert r["calib_seconds"] > 0
+    assert "gptq: quantized and calibrated in" in err

@@ -112,6 +112,21 @@ def test_calibration_is_seeded_and_from_train(cifar10_train):
     assert len(set(match.tolist())) == 100
 
 
+def test_held_out_draw_is_disjoint_from_calibration(cifar10_train):
+    from eaq.data import calibration_indices
+
+    calib = calibration_indices(len(cifar10_train), 256, seed=3)
+    held = calibration_indices(len(cifar10_train), 512, seed=3, offset=256)
+    assert len(set(held)) == 512 and not set(calib) & set(held)
+    # the same seed's longer draw is the calibration draw followed by the held-out one
+    assert calibration_indices(len(cifar10_train), 768, seed=3) == calib + held
+    xa = calibration_batches(cifar10_train, n=4, seed=3, offset=256, batch_size=4, **NORM)[0][0]
+    want = to_tensor_batch(cifar10_train.images[held[:4]], **NORM)
+    assert torch.equal(xa, want)
+    with pytest.raises(EaqError, match="after 10 images held out"):
+        calibration_batches(cifar10_train, n=len(cifar10_train), offset=10, **NORM)
+
+
 def test_calibration_rejects_test_split_and_bad_sizes(cifar10_test, cifar10_train):
     with pytest.raises(EaqError, match="training split"):
         calibration_batches(cifar10_test, n=8, **NORM)

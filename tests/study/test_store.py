@@ -31,6 +31,7 @@ def _row(config="c", seed=0):
         info={},
         provenance={},
         seconds=0.1,
+        calib_seconds=0.05,
     )
 
 

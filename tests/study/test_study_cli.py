@@ -21,13 +21,15 @@ study: tiny
 seeds: [0]
 calib_size: 8
 batch_size: 32
-sensitivity: {widths: [4, 8]}
+sensitivity: {widths: [4, 8], score_size: 16}
 models: [{name: resnet20_cifar, dataset: cifar10}]
 configs:
   - {name: FP32, strategy: fp32}
   - {name: W8A8, strategy: uniform, w_bits: 8}
   - {name: W4A4, strategy: uniform, w_bits: 4}
   - {name: budget, strategy: budget, budgets: [W4A4, 0.1]}
+  - {name: budget-sel, strategy: budget, budgets: [0.1], select: loss}
+  - {name: W4A4-gptq, strategy: uniform, w_bits: 4, method: gptq, method_options: {percdamp: 0.05}}
 """
 LIMIT = 16
 
@@ -62,7 +64,7 @@ def _n_rows(db: Path) -> int:
 
 def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root):
     want = _rows(ref_run)
-    assert len(want) == 5
+    assert len(want) == 7
 
     out = tmp_path / "killed"
     env = {**os.environ, "EAQ_DATA_ROOT": str(data_root)}
@@ -108,7 +110,16 @@ def test_json_and_report(tiny, ref_run, data_root, capsys):
     assert main(["study", *args, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     keys = {"model", "config", "strategy", "relative_energy", "top1_mean", "top1_std", "n_seeds"}
-    assert all(keys <= set(r) for r in rows) and len(rows) == 5
+    assert all(keys <= set(r) for r in rows) and len(rows) == 7
+    by_config = {r["config"]: r for r in _rows(out)}
+    assert by_config["W4A4-gptq"]["method"] == "gptq"
+    assert json.loads(json.dumps(by_config["W4A4-gptq"]["info"]))["method_options"] == {
+        "percdamp": 0.05
+    }
+    assert by_config["W4A4"]["method"] == "ptq" and by_config["FP32"]["method"] == "none"
+    candidates = by_config["budget-sel@0.100"]["info"]["candidates"]
+    assert {c["name"] for c in candidates} >= {"milp", "W4A4"}
+    assert sum(c["chosen"] for c in candidates) == 1
     assert main(["report", str(out)]) == 0
     rep = out / "report"
     for name in (
