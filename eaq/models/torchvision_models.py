@@ -41,7 +41,8 @@ def _resnet18_pretrained(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        default_weights=None,
+        # trained here: `eaq train --model resnet18 --epochs 50 --export checkpoints`
+        default_weights="checkpoints/resnet18_cifar100.safetensors",
     ),
     pretrained=_resnet18_pretrained,
 )

@@ -36,9 +36,8 @@ def test_sensitivity_and_budget_plan_cover_attention_matmuls():
     budget = (w4 + w8) / 2
     [named] = make_plans(ctx, "budget", {"budgets": [budget]})
     assert plan_energy(stats, named.plan, "seed").relative_energy <= budget + 1e-9
-    widths = {
-        ref.name: cfg.a_bits for ref, cfg in zip(layers, named.plan.resolve(list(layers)).values())
-    }
+    resolved = named.plan.resolve(list(layers))
+    widths = {ref.name: resolved[ref.name].a_bits for ref in layers}
     assert {widths[sens.names[i]] for i in matmuls} <= {4, 8}
     assert len(set(widths.values())) == 2  # a real mix between the two uniform plans
 
