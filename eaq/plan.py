@@ -37,6 +37,11 @@ from eaq.quant import (
 
 LAYER_KINDS = ("conv", "linear", "matmul")
 WEIGHT_KINDS = ("conv", "linear")
+SOFTMAX_QUANTIZERS = ("uniform", "log2", "twin")
+GELU_QUANTIZERS = ("uniform", "twin")
+INPUT_ROLES = ("softmax", "gelu")
+"""What a layer knows about an input: post-softmax (the attention probabilities that
+``av_matmul`` multiplies) or post-GELU (the input of an MLP's second linear)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class LayerConfig:
         observer: activation observer name.
         w_observer: weight observer name.
         symmetric: symmetric (zero point 0) or affine, for weights and activations.
+        softmax_quantizer: quantizer of post-softmax inputs (:data:`SOFTMAX_QUANTIZERS`):
+            ``uniform``, ``log2`` or ``twin`` (see :mod:`eaq.quant.nonuniform`).
+        gelu_quantizer: quantizer of post-GELU inputs (:data:`GELU_QUANTIZERS`): ``uniform``
+            or ``twin``.
     """
 
     w_bits: int | None = 8
@@ -66,11 +75,30 @@ class LayerConfig:
     observer: str = "minmax"
     w_observer: str = "minmax"
     symmetric: bool = True
+    softmax_quantizer: str = "uniform"
+    gelu_quantizer: str = "uniform"
 
     def __post_init__(self) -> None:
         # QuantSpec validates bits and observer names with user-facing messages.
         self.weight_spec()
         self.act_spec()
+        for name, valid in (
+            ("softmax_quantizer", SOFTMAX_QUANTIZERS),
+            ("gelu_quantizer", GELU_QUANTIZERS),
+        ):
+            value = getattr(self, name)
+            if value not in valid:
+                raise EaqError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+    def act_quantizer(self, role: str | None) -> str:
+        """The quantizer kind of an input with ``role`` (:data:`INPUT_ROLES`; None: uniform)."""
+        if role is None:
+            return "uniform"
+        if role == "softmax":
+            return self.softmax_quantizer
+        if role == "gelu":
+            return self.gelu_quantizer
+        raise ValueError(f"unknown input role {role!r}; valid: {', '.join(INPUT_ROLES)}")
 
     def weight_spec(self) -> QuantSpec | None:
         """The weight quantizer's spec (signed, symmetric or affine), or None for float weights."""
@@ -158,6 +186,8 @@ class Plan:
         w_observer: str = "minmax",
         symmetric: bool = True,
         first_last_8bit: bool = True,
+        softmax_quantizer: str = "uniform",
+        gelu_quantizer: str = "uniform",
     ) -> Plan:
         """Every layer at the same widths."""
         cfg = LayerConfig(
@@ -167,6 +197,8 @@ class Plan:
             observer=observer,
             w_observer=w_observer,
             symmetric=symmetric,
+            softmax_quantizer=softmax_quantizer,
+            gelu_quantizer=gelu_quantizer,
         )
         return cls(default=cfg, first_last_8bit=first_last_8bit)
 

@@ -9,6 +9,7 @@ import eaq.methods.adaround  # noqa: F401  (registers adaround)
 import eaq.methods.bias_correction  # noqa: F401  (registers biascorr)
 import eaq.methods.folding  # noqa: F401  (registers bnfold)
 import eaq.methods.gptq  # noqa: F401  (registers gptq)
+import eaq.methods.ranking  # noqa: F401  (registers ranking)
 import eaq.methods.reconstruction  # noqa: F401  (registers brecq, qdrop)
 import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant)
 from eaq.methods.registry import (

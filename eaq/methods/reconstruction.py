@@ -55,7 +55,7 @@ from eaq.methods.registry import Batches, register_method
 from eaq.models import BasicBlockA
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary
 from eaq.plan import Plan
-from eaq.quant import Quantizer
+from eaq.quant import NonUniformQuantizer, Quantizer
 
 __all__ = [
     "BLOCK_TYPES",
@@ -174,11 +174,13 @@ def _rand_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def _act_quantizers(unit: nn.Module) -> list[tuple[str, Quantizer]]:
-    """Enabled, calibrated activation quantizers inside ``unit`` (all but weight quantizers)."""
+    """Enabled, calibrated uniform activation quantizers inside ``unit`` (all but weight
+    quantizers; non-uniform ones, log2/twin, keep their calibrated parameters)."""
     return [
         (name, m)
         for name, m in unit.named_modules()
         if isinstance(m, Quantizer)
+        and not isinstance(m, NonUniformQuantizer)
         and name.rpartition(".")[2] != "weight_quantizer"
         and m.enabled
         and m.is_calibrated

@@ -1,6 +1,6 @@
 """Per-layer quantization sensitivity, for each candidate ``(w_bits, a_bits)``.
 
-Two measures:
+Three measures:
 
 ``l2`` (the seed's eq. 5, the default)
     ``S_l(c) = ||y_l^full - y_l^quant(c)||_2`` over the calibration set, where ``y_l^quant``
@@ -14,6 +14,20 @@ Two measures:
     ``KL(softmax(z_full) || softmax(z_quant))`` of the logits with only layer ``l`` quantized at
     ``c`` (everything else float): one model pass per layer and candidate, so use it on a few
     calibration images.
+``nuclear`` (feature diversity, Liu et al., "Post-Training Quantization for Vision
+Transformer", NeurIPS 2021, Sec. 3.4)
+    The layer's quantization error weighted by the nuclear norm (sum of singular values) of its
+    float output, the paper's measure of a layer's feature diversity::
+
+        S_l(c) = mean_i ||Y_l,i||_*  *  mean_i ||Y_l,i - Y_l,i^quant(c)||_F^2
+
+    over calibration images ``i``, where ``Y_l,i`` is image ``i``'s output as a matrix
+    (:func:`output_nuclear_norm`: ``[tokens, channels]`` for a linear, ``[HW, C]`` for a conv,
+    one ``[N, M]`` matrix per head for a matmul, summed over heads) and the error is the ``l2``
+    measure's (same single-layer quantization on float inputs). The paper ranks layers for
+    mixed precision by ``sum_j sigma_j(Y) * ||Y_hat - Y||^2``; the per-image means make the value
+    independent of the calibration-set size. The SVDs (``torch.linalg.svdvals``, batched over
+    images) run in the ``l2`` measure's second pass: about the same cost.
 
 Attention matmuls (Q*K^T, softmax*V) are measured like the other layers: the model is copied
 and its attention modules are made explicit (:class:`~eaq.nn.QuantMatMul`, unquantized).
@@ -44,7 +58,7 @@ from eaq.nn.hooks import hooks_on
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer
 
-MEASURES = ("l2", "kl")
+MEASURES = ("l2", "kl", "nuclear")
 Candidate = tuple[int, int]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -59,7 +73,7 @@ class Sensitivity:
         kinds: layer kinds (conv, linear, matmul).
         candidates: the ``(w_bits, a_bits)`` columns.
         values: ``[L, C]`` float64 array.
-        measure: ``l2`` or ``kl``.
+        measure: ``l2``, ``kl`` or ``nuclear``.
         n_images: calibration images used.
     """
 
@@ -153,12 +167,13 @@ def layer_sensitivity(
 
     Args:
         model: a float model (left unchanged).
-        calib: calibration batches of ``(images, labels)``; iterated twice (``l2``) or
-            ``1 + L * C`` times (``kl``).
+        calib: calibration batches of ``(images, labels)``; iterated twice (``l2``,
+            ``nuclear``) or ``1 + L * C`` times (``kl``).
         candidates: ``(w_bits, a_bits)`` pairs.
         base: the other quantization settings (granularity, observers, symmetric); default
             :class:`~eaq.plan.LayerConfig`'s (per-channel weights, min-max, symmetric).
-        measure: ``l2`` (seed eq. 5, layer-local) or ``kl`` (end-to-end logits).
+        measure: ``l2`` (seed eq. 5, layer-local), ``kl`` (end-to-end logits) or ``nuclear``
+            (``l2``'s squared error times the output's nuclear norm, Liu et al. 2021).
         progress: show a progress bar.
     """
     if measure not in MEASURES:
@@ -172,10 +187,33 @@ def layer_sensitivity(
     calib = list(calib)
     if measure == "kl":
         return _kl_sensitivity(model, calib, candidates, base, progress)
-    return _l2_sensitivity(model, calib, candidates, base, progress)
+    return _l2_sensitivity(model, calib, candidates, base, progress, measure)
 
 
-def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
+def output_nuclear_norm(y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image nuclear norm of a layer output ``y`` (batch first), shape ``[B]``, float64.
+
+    The matrix of one image: ``[H*W, C]`` for a conv output ``[B, C, H, W]``; ``[tokens, C]``
+    for a linear output ``[B, ..., C]`` (``[1, C]`` for ``[B, C]``: the vector's norm); for a
+    matmul output ``[B, ..., N, M]`` one ``[N, M]`` matrix per leading index (head), summed.
+
+    Examples:
+        >>> y = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]])
+        >>> output_nuclear_norm(y, "linear")
+        tensor([7.], dtype=torch.float64)
+    """
+    b = y.shape[0]
+    if kind == "conv":
+        mats = y.reshape(b, y.shape[1], -1).transpose(1, 2)
+    elif kind == "matmul":
+        mats = y.reshape(-1, *y.shape[-2:])
+    else:
+        mats = y.reshape(b, -1, y.shape[-1])
+    sv = torch.linalg.svdvals(mats.float()).double().sum(-1)
+    return sv.reshape(b, -1).sum(1)
+
+
+def _l2_sensitivity(model, calib, candidates, base, progress, measure="l2") -> Sensitivity:
     work = _explicit_copy(model)
     refs = quantizable_layers(work)
     modules = {ref.name: work.get_submodule(ref.name) for ref in refs}
@@ -220,11 +258,14 @@ def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
 
     # Pass 2: float pass; each layer re-run alone per candidate on its float input.
     sq = np.zeros((len(refs), len(candidates)))
+    nuclear = np.zeros(len(refs))
 
     def error_hook(i, ref):
         module = modules[ref.name]
 
         def hook(mod, inputs, output):
+            if measure == "nuclear":
+                nuclear[i] += float(output_nuclear_norm(output, ref.kind).sum())
             for j, (w, a) in enumerate(candidates):
                 if ref.kind == "matmul":
                     y = in_q[(ref.name, 0)][a](inputs[0]) @ in_q[(ref.name, 1)][a](inputs[1])
@@ -241,12 +282,16 @@ def _l2_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
     with hooks_on([(modules[r.name], error_hook(i, r)) for i, r in enumerate(refs)]):
         for images, _ in _bar(calib, progress, "sensitivity"):
             work(images)
+    if measure == "nuclear":
+        values = (nuclear / n_images)[:, None] * (sq / n_images)
+    else:
+        values = np.sqrt(sq)
     return Sensitivity(
         names=tuple(r.name for r in refs),
         kinds=tuple(r.kind for r in refs),
         candidates=tuple(candidates),
-        values=np.sqrt(sq),
-        measure="l2",
+        values=values,
+        measure=measure,
         n_images=n_images,
     )
 
@@ -290,4 +335,10 @@ def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
     )
 
 
-__all__ = ["MEASURES", "Sensitivity", "candidate_grid", "layer_sensitivity"]
+__all__ = [
+    "MEASURES",
+    "Sensitivity",
+    "candidate_grid",
+    "layer_sensitivity",
+    "output_nuclear_norm",
+]

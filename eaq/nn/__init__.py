@@ -4,18 +4,23 @@ from eaq.nn.attention import QuantAttention
 from eaq.nn.layers import QuantConv2d, QuantLinear, QuantMatMul
 from eaq.nn.surgery import (
     ATTENTION_MAP,
+    GELU_TYPES,
     LAYER_MAP,
+    MLP_TYPES,
     LayerSummary,
     QuantSummary,
     calibrate_,
     check_plan,
+    input_roles,
     quantizable_layers,
     quantize_,
 )
 
 __all__ = [
     "ATTENTION_MAP",
+    "GELU_TYPES",
     "LAYER_MAP",
+    "MLP_TYPES",
     "LayerSummary",
     "QuantAttention",
     "QuantConv2d",
@@ -24,6 +29,7 @@ __all__ = [
     "QuantSummary",
     "calibrate_",
     "check_plan",
+    "input_roles",
     "quantizable_layers",
     "quantize_",
 ]

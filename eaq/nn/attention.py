@@ -4,8 +4,10 @@ timm's ``Attention`` computes ``softmax(q k^T) v`` either fused (scaled_dot_prod
 or, with ``fused_attn = False``, step by step. :class:`QuantAttention` is that non-fused path
 as a module of its own, with the two activation-by-activation products as
 :class:`~eaq.nn.layers.QuantMatMul` submodules ``qk_matmul`` (Q*K^T) and ``av_matmul``
-(softmax*V), so a plan can quantize them like any other layer. It takes over the float
-module's submodules (qkv, norms, proj), so its state_dict keys are unchanged.
+(softmax*V), so a plan can quantize them like any other layer. ``av_matmul``'s first input is
+marked post-softmax (``a_role="softmax"``), so a config's ``softmax_quantizer`` applies to it.
+It takes over the float module's submodules (qkv, norms, proj), so its state_dict keys are
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class QuantAttention(nn.Module):
         self.proj = attn.proj
         self.proj_drop = attn.proj_drop
         self.qk_matmul = QuantMatMul()
-        self.av_matmul = QuantMatMul()
+        self.av_matmul = QuantMatMul(a_role="softmax")
 
     @classmethod
     def from_float(cls, attn: TimmAttention) -> QuantAttention:

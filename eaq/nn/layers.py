@@ -3,6 +3,11 @@
 Each layer is the float layer's subclass (its state_dict keys stay the same, plus the
 quantizers' buffers) and is made with ``from_float``. A quantizer that is ``None`` leaves that
 tensor in floating point.
+
+A layer may know the role of its input (:data:`eaq.plan.INPUT_ROLES`: ``"softmax"`` or
+``"gelu"``); the layer config then picks that input's quantizer kind
+(:meth:`~eaq.plan.LayerConfig.act_quantizer`: uniform, log2 or twin). Without a role, or with the
+config's defaults, every quantizer is the uniform :class:`~eaq.quant.Quantizer`.
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from eaq.plan import LayerConfig
-from eaq.quant import Quantizer
+from eaq.quant import Quantizer, make_quantizer
 
 
-def _make(spec) -> Quantizer | None:
-    return None if spec is None else Quantizer(spec)
+def _make(spec, kind: str = "uniform") -> Quantizer | None:
+    return make_quantizer(spec, kind)
 
 
 def _apply(q: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
@@ -28,9 +33,13 @@ class QuantConv2d(nn.Conv2d):
 
     input_quantizer: Quantizer | None
     weight_quantizer: Quantizer | None
+    input_role: str | None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, config: LayerConfig) -> QuantConv2d:
+    def from_float(
+        cls, conv: nn.Conv2d, config: LayerConfig, input_role: str | None = None
+    ) -> QuantConv2d:
+        """The quantized twin of ``conv``; ``input_role`` picks the input quantizer's kind."""
         q = cls(
             conv.in_channels,
             conv.out_channels,
@@ -45,7 +54,8 @@ class QuantConv2d(nn.Conv2d):
         )
         q.weight, q.bias = conv.weight, conv.bias
         q.train(conv.training)
-        q.input_quantizer = _make(config.act_spec())
+        q.input_role = input_role
+        q.input_quantizer = _make(config.act_spec(), config.act_quantizer(input_role))
         q.weight_quantizer = _make(config.weight_spec())
         return q
 
@@ -59,13 +69,18 @@ class QuantLinear(nn.Linear):
 
     input_quantizer: Quantizer | None
     weight_quantizer: Quantizer | None
+    input_role: str | None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: LayerConfig) -> QuantLinear:
+    def from_float(
+        cls, linear: nn.Linear, config: LayerConfig, input_role: str | None = None
+    ) -> QuantLinear:
+        """The quantized twin of ``linear``; ``input_role`` picks the input quantizer's kind."""
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
         q.weight, q.bias = linear.weight, linear.bias
         q.train(linear.training)
-        q.input_quantizer = _make(config.act_spec())
+        q.input_role = input_role
+        q.input_quantizer = _make(config.act_spec(), config.act_quantizer(input_role))
         q.weight_quantizer = _make(config.weight_spec())
         return q
 
@@ -73,21 +88,32 @@ class QuantLinear(nn.Linear):
         x = _apply(self.input_quantizer, x)
         return F.linear(x, _apply(self.weight_quantizer, self.weight), self.bias)
 
+    def extra_repr(self) -> str:
+        role = getattr(self, "input_role", None)
+        return super().extra_repr() + (f", input_role={role}" if role else "")
+
 
 class QuantMatMul(nn.Module):
     """``a @ b`` of two activations, each input with its own quantizer (attention matmuls).
 
     Without a config it is a plain matmul, so an attention module can always hold one.
+
+    Args:
+        config: Quantizes both inputs (None: a plain matmul until :meth:`configure`).
+        a_role: The role of the first input (``"softmax"`` for attention probabilities), which
+            picks its quantizer kind.
     """
 
-    def __init__(self, config: LayerConfig | None = None) -> None:
+    def __init__(self, config: LayerConfig | None = None, *, a_role: str | None = None) -> None:
         super().__init__()
+        self.a_role = a_role
         self.configure(config)
 
     def configure(self, config: LayerConfig | None) -> None:
         """Set (or clear, with None) the input quantizers."""
         spec = None if config is None else config.act_spec()
-        self.a_quantizer = _make(spec)
+        kind = "uniform" if config is None else config.act_quantizer(self.a_role)
+        self.a_quantizer = _make(spec, kind)
         self.b_quantizer = _make(spec)
 
     @property
@@ -96,3 +122,6 @@ class QuantMatMul(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _apply(self.a_quantizer, a) @ _apply(self.b_quantizer, b)
+
+    def extra_repr(self) -> str:
+        return f"a_role={self.a_role}" if self.a_role else ""

@@ -3,6 +3,13 @@
 Every ``nn.Conv2d`` and ``nn.Linear`` becomes its quantized twin (:data:`LAYER_MAP`); every timm
 ``Attention`` becomes :class:`~eaq.nn.attention.QuantAttention`, whose ``qk_matmul`` and
 ``av_matmul`` are layers of kind ``matmul`` that a plan configures like any other.
+
+Input roles, for the non-uniform quantizers of :mod:`eaq.quant.nonuniform`: ``av_matmul``'s
+first input is post-softmax (marked by :class:`~eaq.nn.attention.QuantAttention`), and the second
+linear of a timm ``Mlp`` whose activation is a GELU (:data:`GELU_TYPES`) with nothing but
+dropout in between has a post-GELU input (found by :func:`input_roles`, passed to
+``from_float``). A layer config's ``softmax_quantizer`` / ``gelu_quantizer`` apply to those
+inputs only.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from dataclasses import dataclass
 
 import torch
 from timm.layers import Attention as TimmAttention
+from timm.layers import Mlp as TimmMlp
+from timm.layers.activations import GELU as TimmGELU
+from timm.layers.activations import GELUTanh as TimmGELUTanh
 from torch import nn
 
 from eaq.errors import EaqError
@@ -28,6 +38,29 @@ LAYER_MAP: dict[type[nn.Module], type[nn.Module]] = {
 ATTENTION_MAP: dict[type[nn.Module], type[nn.Module]] = {TimmAttention: QuantAttention}
 _KIND = {nn.Conv2d: "conv", QuantConv2d: "conv", nn.Linear: "linear", QuantLinear: "linear"}
 _ATTENTION_TYPES = (*ATTENTION_MAP, *ATTENTION_MAP.values())
+MLP_TYPES: tuple[type[nn.Module], ...] = (TimmMlp,)
+"""MLPs laid out ``fc1 -> act -> drop1 -> norm -> fc2`` (timm's ``Mlp``)."""
+GELU_TYPES: tuple[type[nn.Module], ...] = (nn.GELU, TimmGELU, TimmGELUTanh)
+
+
+def input_roles(model: nn.Module) -> dict[str, str]:
+    """Conv/linear layers whose input has a known role: ``{name: "gelu"}``.
+
+    A layer is post-GELU when it is the ``fc2`` of an MLP (:data:`MLP_TYPES`) whose ``act`` is a
+    GELU (:data:`GELU_TYPES`), ``drop1`` a dropout and ``norm`` the identity. (``av_matmul``'s
+    post-softmax input is marked by the attention module itself.)
+    """
+    roles = {}
+    for name, m in model.named_modules():
+        if (
+            isinstance(m, MLP_TYPES)
+            and isinstance(m.act, GELU_TYPES)
+            and isinstance(m.drop1, nn.Dropout | nn.Identity)
+            and isinstance(m.norm, nn.Identity)
+            and type(m.fc2) in _KIND
+        ):
+            roles[f"{name}.fc2" if name else "fc2"] = "gelu"
+    return roles
 
 
 def quantizable_layers(model: nn.Module) -> list[LayerRef]:
@@ -146,6 +179,7 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
     """
     resolved = check_plan(model, plan)
     layers = quantizable_layers(model)
+    roles = input_roles(model)
     for name, module in list(model.named_modules()):
         target = ATTENTION_MAP.get(type(module))
         if target is not None:
@@ -157,7 +191,8 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
         if isinstance(module, QuantMatMul):
             module.configure(cfg if cfg is not None and cfg.a_bits is not None else None)
         elif cfg is not None and (cfg.w_bits is not None or cfg.a_bits is not None):
-            model.set_submodule(ref.name, LAYER_MAP[type(module)].from_float(module, cfg))
+            quant = LAYER_MAP[type(module)].from_float(module, cfg, roles.get(ref.name))
+            model.set_submodule(ref.name, quant)
         else:
             cfg = None
         rows.append(_summary_row(ref, cfg))

@@ -1,4 +1,4 @@
-"""Pure quantization numerics: granularity, primitives, observers and the fake quantizer."""
+"""Pure quantization numerics: granularity, primitives, observers and the fake quantizers."""
 
 from eaq.quant import clipping  # noqa: F401  (registers the kl and aciq observers)
 from eaq.quant.granularity import (
@@ -13,6 +13,16 @@ from eaq.quant.granularity import (
     parse_granularity,
     reduce_blocks,
     scale_shape,
+)
+from eaq.quant.nonuniform import (
+    QUANTIZER_KINDS,
+    Log2Quantizer,
+    NonUniformQuantizer,
+    TwinUniformQuantizer,
+    log2_fake_quantize,
+    make_quantizer,
+    twin_fake_quantize,
+    twin_search,
 )
 from eaq.quant.observers import (
     EMAObserver,
@@ -38,10 +48,13 @@ from eaq.quant.quantizer import Quantizer, QuantSpec, calibration
 __all__ = [
     "MAX_BITS",
     "MIN_BITS",
+    "QUANTIZER_KINDS",
     "EMAObserver",
     "Granularity",
+    "Log2Quantizer",
     "MinMaxObserver",
     "MSEObserver",
+    "NonUniformQuantizer",
     "Observer",
     "PerChannel",
     "PerGroup",
@@ -49,6 +62,7 @@ __all__ = [
     "PercentileObserver",
     "QuantSpec",
     "Quantizer",
+    "TwinUniformQuantizer",
     "block_size",
     "block_view",
     "blocks_2d",
@@ -58,6 +72,8 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "format_granularity",
+    "log2_fake_quantize",
+    "make_quantizer",
     "observer_names",
     "parse_granularity",
     "quant_range",
@@ -65,4 +81,6 @@ __all__ = [
     "reduce_blocks",
     "register_observer",
     "scale_shape",
+    "twin_fake_quantize",
+    "twin_search",
 ]

@@ -23,7 +23,8 @@ A study file::
          method_options: {iters: 500}}
 
 Every config takes ``granularity``, ``observer``, ``w_observer``, ``symmetric``,
-``first_last_8bit``, ``measure``, ``method`` and ``method_options``; the other keys are the
+``first_last_8bit``, ``measure``, ``method``, ``method_options``, ``softmax_quantizer``
+(uniform, log2, twin) and ``gelu_quantizer`` (uniform, twin); the other keys are the
 strategy's options (see :mod:`eaq.mixed.strategies`).
 """
 
@@ -40,7 +41,7 @@ import yaml
 from eaq.errors import EaqError, choices_hint
 from eaq.mixed.sensitivity import MEASURES
 from eaq.mixed.strategies import get_strategy, strategy_names
-from eaq.plan import LayerConfig
+from eaq.plan import GELU_QUANTIZERS, SOFTMAX_QUANTIZERS, LayerConfig
 from eaq.quant import parse_granularity
 
 
@@ -90,6 +91,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 COMMON_KEYS = ("name", "strategy", "granularity", "observer", "w_observer", "symmetric")
 COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options")
+COMMON_KEYS += ("softmax_quantizer", "gelu_quantizer")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class ConfigEntry:
     measure: str | None = None  # sensitivity measure; None: the study's
     method: str | None = None  # PTQ method; None: the study's
     method_options: tuple[tuple[str, Any], ...] | None = None  # None: the study's
+    softmax_quantizer: str = "uniform"  # post-softmax inputs: uniform, log2 or twin
+    gelu_quantizer: str = "uniform"  # post-GELU inputs: uniform or twin
 
     def base(self) -> LayerConfig:
         return LayerConfig(
@@ -141,6 +145,8 @@ class ConfigEntry:
             observer=self.observer,
             w_observer=self.w_observer,
             symmetric=self.symmetric,
+            softmax_quantizer=self.softmax_quantizer,
+            gelu_quantizer=self.gelu_quantizer,
         )
 
     @property
@@ -389,6 +395,12 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             first_last_8bit=c.bool_(m, "first_last_8bit", p, default=True),
             measure=c.str_(m, "measure", p, default=None, choices=MEASURES),
             method=c.str_(m, "method", p, default=None, choices=method_names()),
+            softmax_quantizer=c.str_(
+                m, "softmax_quantizer", p, default="uniform", choices=SOFTMAX_QUANTIZERS
+            ),
+            gelu_quantizer=c.str_(
+                m, "gelu_quantizer", p, default="uniform", choices=GELU_QUANTIZERS
+            ),
         )
         entry_method = entry.method or method
         if "method_options" in m:

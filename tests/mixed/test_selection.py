@@ -33,9 +33,7 @@ def test_select_loss_keeps_the_lowest_measured_loss():
         calls.append(plan)
         return 0.0 if _widths(ctx, plan) == _widths(ctx, uniform6) else 1.0
 
-    [p] = make_plans(
-        replace(ctx, plan_loss=loss), "budget", {"budgets": [0.2], "select": "loss"}
-    )
+    [p] = make_plans(replace(ctx, plan_loss=loss), "budget", {"budgets": [0.2], "select": "loss"})
     assert _widths(ctx, p.plan) == _widths(ctx, uniform6)
     rows = {r["name"]: r for r in p.info["candidates"]}
     # candidates: the program's plan and the uniform plans within the budget (not W8A8)
@@ -47,9 +45,7 @@ def test_select_loss_keeps_the_lowest_measured_loss():
     def loss2(plan):
         return 0.0 if _widths(ctx, plan) == _widths(ctx, milp.plan) else 1.0
 
-    [q] = make_plans(
-        replace(ctx, plan_loss=loss2), "budget", {"budgets": [0.2], "select": "loss"}
-    )
+    [q] = make_plans(replace(ctx, plan_loss=loss2), "budget", {"budgets": [0.2], "select": "loss"})
     assert _widths(ctx, q.plan) == _widths(ctx, milp.plan)
     assert plan_energy(ctx.stats, q.plan, "seed").relative_energy <= 0.2 + 1e-9
 

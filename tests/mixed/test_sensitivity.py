@@ -108,3 +108,55 @@ def test_bad_measure_and_empty_candidates():
 def test_candidate_grid():
     assert candidate_grid([8, 4]) == [(4, 4), (8, 8)]
     assert candidate_grid([4], [4, 8]) == [(4, 4), (4, 8)]
+
+
+# ---------------------------------------------------------------- nuclear (Liu et al. 2021)
+def test_output_nuclear_norm_matches_numpy():
+    from eaq.mixed.sensitivity import output_nuclear_norm
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(2, 5, 3, generator=g)  # linear output: 2 images, 5 tokens, 3 channels
+    want = [np.linalg.norm(y[i].double().numpy(), "nuc") for i in range(2)]
+    np.testing.assert_allclose(output_nuclear_norm(y, "linear").numpy(), want, rtol=1e-5)
+    conv = torch.randn(2, 3, 4, 4, generator=g)  # [B, C, H, W] -> [HW, C] per image
+    want = [np.linalg.norm(conv[i].reshape(3, 16).T.double().numpy(), "nuc") for i in range(2)]
+    np.testing.assert_allclose(output_nuclear_norm(conv, "conv").numpy(), want, rtol=1e-5)
+    heads = torch.randn(2, 2, 4, 4, generator=g)  # matmul: one matrix per head, summed
+    want = [
+        sum(np.linalg.norm(heads[i, h].double().numpy(), "nuc") for h in range(2)) for i in range(2)
+    ]
+    np.testing.assert_allclose(output_nuclear_norm(heads, "matmul").numpy(), want, rtol=1e-5)
+    assert float(output_nuclear_norm(torch.tensor([[3.0, 4.0]]), "linear")) == pytest.approx(5.0)
+
+
+def test_nuclear_measure_is_l2_squared_times_mean_nuclear_norm():
+    from eaq.mixed.sensitivity import output_nuclear_norm
+
+    model, calib = _tiny(), _calib()
+    cands = [(4, 4), (6, 6), (8, 8)]
+    s = layer_sensitivity(model, calib, cands, measure="nuclear")
+    l2 = layer_sensitivity(model, calib, cands)
+    assert s.measure == "nuclear" and s.values.shape == (3, 3) and np.isfinite(s.values).all()
+    assert (s.values[:, 0] > s.values[:, 1]).all() and (s.values[:, 1] > s.values[:, 2]).all()
+    n = sum(x.shape[0] for x, _ in calib)
+    outs: list = []
+    h = model[2].register_forward_hook(lambda m, i, o: outs.append(o))
+    with torch.no_grad():
+        for x, _ in calib:
+            model(x)
+    h.remove()
+    nuc = sum(float(output_nuclear_norm(o, "conv").sum()) for o in outs) / n
+    np.testing.assert_allclose(s.values[1], nuc * l2.values[1] ** 2 / n, rtol=1e-5)
+
+
+def test_nuclear_measure_on_a_tiny_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    ).eval()
+    calib = [(torch.randn(4, 3, 16, 16), None)]
+    s = layer_sensitivity(vit, calib, [(4, 4), (8, 8)], measure="nuclear")
+    assert "blocks.0.attn.qk_matmul" in s.names and np.isfinite(s.values).all()
+    assert (s.values[:, 0] >= s.values[:, 1]).all() and (s.values >= 0).all()

@@ -59,3 +59,21 @@ def test_repo_studies_parse():
     for path in sorted(Path(__file__).resolve().parents[2].glob("studies/*.yaml")):
         cfg = parse_study(path.read_text(), str(path))
         assert cfg.configs and cfg.models
+
+
+def test_deit_vit_study_parses():
+    from eaq.study import load_study
+
+    path = Path(__file__).resolve().parents[2] / "studies" / "deit_tiny_cifar100_vit.yaml"
+    cfg = load_study(path)
+    assert cfg.models[0].name == "deit_tiny_cifar" and cfg.seeds == (0, 1, 2)
+    entries = {c.name: c for c in cfg.configs}
+    assert cfg.method_of(entries["W4A4"]) == ("ptq", {})
+    assert cfg.method_of(entries["W4A4-ranking"])[0] == "ranking"
+    assert entries["W4A8-log2"].base().softmax_quantizer == "log2"
+    twin = entries["W4A4-twin"].base()
+    assert (twin.softmax_quantizer, twin.gelu_quantizer) == ("twin", "twin")
+    assert entries["W8A8"].base().softmax_quantizer == "uniform"
+    assert entries["mixed-nuclear"].measure == "nuclear"
+    with pytest.raises(EaqError, match=r"configs\[1\].softmax_quantizer.*valid: uniform, log2"):
+        parse_study(GOOD.replace("w_bits: 4,", "w_bits: 4, softmax_quantizer: log3,"))
