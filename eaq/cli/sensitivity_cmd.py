@@ -47,7 +47,13 @@ def add_parser(sub) -> None:
         "--a-widths", default=None, help="activation bits; all (w, a) pairs (default: a = w)"
     )
     p.add_argument("--granularity", default="channel", help="weight granularity (default channel)")
-    p.add_argument("--measure", default="l2", choices=MEASURES, help="l2 (seed, default) or kl")
+    p.add_argument(
+        "--measure",
+        default="l2",
+        choices=MEASURES,
+        help="l2 (the seed's layer output error, default), kl (end-to-end logits) or nuclear "
+        "(l2 squared x output nuclear norm, Liu et al. 2021)",
+    )
     p.add_argument("--plot", default=None, help="save the plot here (PNG; an SVG beside it)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(run=run)
