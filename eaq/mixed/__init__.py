@@ -1,6 +1,6 @@
 """Mixed precision: per-layer sensitivity, assignment strategies (plans) and Pareto fronts."""
 
-from eaq.mixed.pareto import dominates, pareto_front
+from eaq.mixed.pareto import best_within, dominates, pareto_front
 from eaq.mixed.selection import PlanScorer
 from eaq.mixed.sensitivity import MEASURES, Sensitivity, candidate_grid, layer_sensitivity
 from eaq.mixed.strategies import (
@@ -25,6 +25,7 @@ __all__ = [
     "Sensitivity",
     "Strategy",
     "StrategyContext",
+    "best_within",
     "bit_distribution",
     "candidate_grid",
     "cheapest_energy",

@@ -27,3 +27,23 @@ def pareto_front(energy: Sequence[float], accuracy: Sequence[float]) -> list[int
             front.append(i)
             best = accuracy[i]
     return front
+
+
+def best_within(energy: Sequence[float], accuracy: Sequence[float], limit: float) -> int | None:
+    """Index of the most accurate point whose energy is at most ``limit`` (None: no such point).
+
+    This is the Pareto front read at ``limit``: what the best plan affordable at that energy
+    reaches. Ties keep the cheaper point, then the first.
+
+    Examples:
+        >>> best_within([1.0, 0.5, 0.6], [90.0, 89.0, 89.5], 0.7)
+        2
+        >>> best_within([1.0], [90.0], 0.5) is None
+        True
+    """
+    if len(energy) != len(accuracy):
+        raise ValueError(f"{len(energy)} energies for {len(accuracy)} accuracies")
+    inside = [i for i, e in enumerate(energy) if e <= limit * (1 + 1e-9)]
+    if not inside:
+        return None
+    return max(inside, key=lambda i: (accuracy[i], -energy[i], -i))

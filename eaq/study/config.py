@@ -10,7 +10,7 @@ A study file::
     method: ptq                      # PTQ method (``eaq methods``); a config may override it
     method_options: {}               # the method's options, e.g. {iters: 500}
     limit: null                      # evaluate on the first N test images (null: all)
-    sensitivity: {measure: l2, widths: [4, 6, 8], a_widths: null, score_size: 512}
+    sensitivity: {measure: l2, widths: [4, 6, 8], a_widths: null, score_size: 2048}
     models:
       - {name: resnet20_cifar, dataset: cifar10, weights: default}
     configs:
@@ -113,7 +113,7 @@ class SensitivityConfig:
     a_widths: tuple[int, ...] | None = None
     calib_size: int | None = None
     kl_calib_size: int = 64
-    score_size: int = 512  # held-out training images that score plans (budget, select: loss)
+    score_size: int = 2048  # held-out training images that score plans (budget, select: loss)
 
     def candidates(self) -> list[tuple[int, int]]:
         from eaq.mixed.sensitivity import candidate_grid
@@ -335,7 +335,7 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             a_widths=c.int_list(s, "a_widths", "sensitivity.", default=None, minimum=2),
             calib_size=c.int_(s, "calib_size", "sensitivity.", default=None),
             kl_calib_size=c.int_(s, "kl_calib_size", "sensitivity.", default=64),
-            score_size=c.int_(s, "score_size", "sensitivity.", default=512),
+            score_size=c.int_(s, "score_size", "sensitivity.", default=2048),
         )
         if sens.widths is None:
             raise c.fail(s.key_lines["widths"], "sensitivity.widths", "must not be null")

@@ -2,8 +2,10 @@
 
 ``write_report(folder)`` writes, into ``folder/report/``: ``report.md``, ``report.html``,
 ``rows.csv`` and ``rows.json`` (per seed), ``summary.csv`` and ``summary.json`` (mean and spread
-over seeds), and per model the Pareto plot, the energy breakdown (MAC vs memory), the per-layer
-sensitivity and the per-layer widths of the mixed configurations.
+over seeds), ``front_vs_uniform.json`` (each mixed family's front read at each uniform
+configuration's energy, also a table in the report), and per model the Pareto plot, the
+energy breakdown (MAC vs memory), the per-layer sensitivity and the per-layer widths of the
+mixed configurations.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from eaq.mixed.pareto import pareto_front
+from eaq.mixed.pareto import best_within, pareto_front
 from eaq.study.store import Store
 
 SUMMARY_FIELDS = (
     "model",
     "config",
+    "config_base",
     "strategy",
     "method",
     "dataset",
@@ -60,6 +63,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             {
                 "model": model,
                 "config": config,
+                "config_base": rs[0]["info"].get("config_base", config),
                 "strategy": rs[0]["strategy"],
                 "method": rs[0]["method"],
                 "dataset": rs[0]["dataset"],
@@ -129,6 +133,61 @@ def _selected_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
         [r["config"], ", ".join(c or "—" for c in r["selected"])] for r in summary if r["selected"]
     ]
     return ["Config", "Plan kept per seed (lowest held-out KL)"], rows
+
+
+def front_vs_uniform(summary: list[dict]) -> list[dict]:
+    """Each mixed-precision family's front read at each uniform configuration's energy.
+
+    For every ``budget``/``percentile`` config family (the configs of one study entry, e.g. a
+    budget sweep) and every uniform configuration of the same model: the most accurate point of
+    the family whose energy is at most the uniform one's, and its accuracy minus the uniform
+    one's (``delta``; None when the family has no point that cheap). A front that is never below
+    uniform has ``delta >= 0`` everywhere.
+    """
+    out = []
+    for model in sorted({r["model"] for r in summary}):
+        ms = [r for r in summary if r["model"] == model]
+        uniform = [r for r in ms if r["strategy"] == "uniform"]
+        families = sorted(
+            {r["config_base"] for r in ms if r["strategy"] in ("budget", "percentile")}
+        )
+        for family in families:
+            pts = [r for r in ms if r["config_base"] == family]
+            energy = [r["relative_energy"] for r in pts]
+            accuracy = [r["top1_mean"] for r in pts]
+            for u in uniform:
+                i = best_within(energy, accuracy, u["relative_energy"])
+                best = pts[i] if i is not None else None
+                out.append(
+                    {
+                        "model": model,
+                        "family": family,
+                        "uniform": u["config"],
+                        "uniform_energy": u["relative_energy"],
+                        "uniform_top1": u["top1_mean"],
+                        "best": best["config"] if best else None,
+                        "best_energy": best["relative_energy"] if best else None,
+                        "best_top1": best["top1_mean"] if best else None,
+                        "delta": best["top1_mean"] - u["top1_mean"] if best else None,
+                    }
+                )
+    return out
+
+
+def _front_table(comparison: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Mixed family", "Uniform config", "Uniform acc. (energy)", "Best mixed within"]
+    headers += ["Mixed acc. (energy)", "Δ mixed − uniform"]
+    rows = []
+    for c in comparison:
+        if c["best"] is None:
+            best, acc, delta = "— (none that cheap)", "—", "—"
+        else:
+            best = c["best"]
+            acc = f"{c['best_top1']:.2f} ({c['best_energy']:.4f})"
+            delta = f"{c['delta']:+.2f}"
+        uni = f"{c['uniform_top1']:.2f} ({c['uniform_energy']:.4f})"
+        rows.append([c["family"], c["uniform"], uni, best, acc, delta])
+    return headers, rows
 
 
 def _bits_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -286,6 +345,8 @@ def write_report(folder: str | Path) -> Path:
     out = folder / "report"
     out.mkdir(exist_ok=True)
     summary = summarize(rows)
+    comparison = front_vs_uniform(summary)
+    (out / "front_vs_uniform.json").write_text(json.dumps(comparison, indent=1) + "\n")
     flat = [{k: v for k, v in r.items() if k not in ("plan", "layers")} for r in rows]
     (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -321,6 +382,17 @@ def write_report(folder: str | Path) -> Path:
             md += [
                 "Budgets with `select: loss`: the integer program's plan (`milp`) or the uniform "
                 "plan within the budget with the lowest KL on held-out training images.",
+                "",
+                _table_md(h, t),
+                "",
+            ]
+            body.append(("table", (h, t)))
+        h, t = _front_table([c for c in comparison if c["model"] == model])
+        if t:
+            md += [
+                "Mixed precision against uniform: the most accurate point of each mixed family "
+                "whose energy is at most the uniform configuration's (a front never below "
+                "uniform has Δ ≥ 0 in every row; means over seeds).",
                 "",
                 _table_md(h, t),
                 "",

@@ -135,6 +135,16 @@ def test_json_and_report(tiny, ref_run, data_root, capsys):
     ):
         assert (rep / name).is_file(), name
     assert "Rel. Energy" in (rep / "report.md").read_text()
+    assert "Δ mixed − uniform" in (rep / "report.md").read_text()
+    comparison = json.loads((rep / "front_vs_uniform.json").read_text())
+    summary = {r["config"]: r for r in json.loads((rep / "summary.json").read_text())}
+    # budget-sel's only point (0.1) is above W4A4's energy and below W8A8's
+    sel = {c["uniform"]: c for c in comparison if c["family"] == "budget-sel"}
+    assert sel["W4A4"]["best"] is None and sel["W4A4"]["delta"] is None
+    assert sel["W8A8"]["best"] == "budget-sel@0.100"
+    assert sel["W8A8"]["delta"] == pytest.approx(
+        summary["budget-sel@0.100"]["top1_mean"] - summary["W8A8"]["top1_mean"]
+    )
 
 
 def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
