@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from eaq.cli.common import check_positive, log, print_json
@@ -27,7 +28,12 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument("--data-root", default=None, help="data folder (default $EAQ_DATA_ROOT)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are off anyway when stderr is not a terminal; then a line "
+        "per finished row is printed instead)",
+    )
     p.set_defaults(run=run)
 
 
@@ -35,12 +41,14 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--limit", args.limit)
     cfg = load_study(args.config).with_limit(args.limit)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    bars = not args.no_progress and sys.stderr.isatty()
     summary = run_study(
         cfg,
         out,
         resume=args.resume,
         data_root=resolve_data_root(args.data_root),
-        progress=not args.no_progress,
+        progress=bars,
+        say=None if bars else log,
     )
     log(
         f"study {cfg.name}: {summary.written} rows written, {summary.skipped} already done, "

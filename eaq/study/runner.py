@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +133,12 @@ def run_study(
     resume: bool = False,
     data_root: Path,
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
+
+    ``progress`` shows progress bars; ``say``, when given, receives one line per finished row
+    (for logs, where bars do not belong).
 
     Raises:
         EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
@@ -164,7 +169,7 @@ def run_study(
                 check_study(cfg, m)
                 fp32_cache: dict = {}
                 for seed in cfg.seeds:
-                    written += _run_seed(cfg, m, seed, store, done, fp32_cache, bar, progress)
+                    written += _run_seed(cfg, m, seed, store, done, fp32_cache, bar, progress, say)
         finally:
             bar.close()
     finally:
@@ -199,7 +204,15 @@ def _sensitivity(
 
 
 def _run_seed(
-    cfg, m: _Model, seed: int, store: Store, done: set, fp32_cache: dict, bar, progress: bool
+    cfg,
+    m: _Model,
+    seed: int,
+    store: Store,
+    done: set,
+    fp32_cache: dict,
+    bar,
+    progress: bool,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     name = m.entry.name
     n_keys = sum(_n_plans(c) for c in cfg.configs)
@@ -291,6 +304,12 @@ def _run_seed(
             done.add((name, cname, seed))
             written += 1
             bar.update(1)
+            if say is not None:
+                say(
+                    f"[{len(done)}/{bar.total}] {name} {cname} seed {seed}: "
+                    f"top-1 {result.top1:.2f}%, relative energy {report.relative_energy:.4f} "
+                    f"({row['seconds']:.1f} s)"
+                )
     return written
 
 

@@ -62,7 +62,7 @@ def _n_rows(db: Path) -> int:
         return 0
 
 
-def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root):
+def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root, capsys):
     want = _rows(ref_run)
     assert len(want) == 7
 
@@ -96,8 +96,15 @@ def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root)
     # without --resume the folder is refused, and nothing is lost
     assert main([*cmd[3:], "--data-root", str(data_root)]) == 2
     assert _n_rows(out / "study.sqlite") == partial
+    capsys.readouterr()
     assert main([*cmd[3:], "--resume", "--data-root", str(data_root)]) == 0
     assert _rows(out) == want
+    # off a terminal: a line per finished row instead of progress bars
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[")]
+    assert len(lines) == len(want) - partial
+    assert (
+        lines[-1].startswith(f"[{len(want)}/{len(want)}] resnet20_cifar ") and "top-1" in lines[-1]
+    )
     # resuming a finished study does nothing
     assert main([*cmd[3:], "--resume", "--data-root", str(data_root)]) == 0
     assert _rows(out) == want
