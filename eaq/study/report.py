@@ -24,6 +24,7 @@ SUMMARY_FIELDS = (
     "model",
     "config",
     "config_base",
+    "granularity",
     "strategy",
     "method",
     "dataset",
@@ -64,6 +65,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "model": model,
                 "config": config,
                 "config_base": rs[0]["info"].get("config_base", config),
+                "granularity": rs[0]["info"].get("granularity"),
                 "strategy": rs[0]["strategy"],
                 "method": rs[0]["method"],
                 "dataset": rs[0]["dataset"],
@@ -139,10 +141,11 @@ def front_vs_uniform(summary: list[dict]) -> list[dict]:
     """Each mixed-precision family's front read at each uniform configuration's energy.
 
     For every ``budget``/``percentile`` config family (the configs of one study entry, e.g. a
-    budget sweep) and every uniform configuration of the same model: the most accurate point of
-    the family whose energy is at most the uniform one's, and its accuracy minus the uniform
-    one's (``delta``; None when the family has no point that cheap). A front that is never below
-    uniform has ``delta >= 0`` everywhere.
+    budget sweep) and every uniform configuration of the same model with the same quantizer set-up
+    (PTQ method and weight granularity; the families choose widths, not set-ups): the most
+    accurate point of the family whose energy is at most the uniform one's, and its accuracy
+    minus the uniform one's (``delta``; None when the family has no point that cheap). A front
+    that is never below uniform has ``delta >= 0`` everywhere.
     """
     out = []
     for model in sorted({r["model"] for r in summary}):
@@ -155,7 +158,8 @@ def front_vs_uniform(summary: list[dict]) -> list[dict]:
             pts = [r for r in ms if r["config_base"] == family]
             energy = [r["relative_energy"] for r in pts]
             accuracy = [r["top1_mean"] for r in pts]
-            for u in uniform:
+            setup = (pts[0]["method"], pts[0]["granularity"])
+            for u in (u for u in uniform if (u["method"], u["granularity"]) == setup):
                 i = best_within(energy, accuracy, u["relative_energy"])
                 best = pts[i] if i is not None else None
                 out.append(
@@ -250,8 +254,14 @@ def pareto_plot(summary: list[dict], model: str, folder: Path) -> str:
         lw=1,
         label="Pareto front",
     )
-    for i in front:
-        ax.annotate(rs[i]["config"], (rs[i]["relative_energy"], rs[i]["top1_mean"]), fontsize=7)
+    for k, i in enumerate(front):  # labels alternate above and below the front to stay legible
+        ax.annotate(
+            rs[i]["config"],
+            (rs[i]["relative_energy"], rs[i]["top1_mean"]),
+            xytext=(4, 8 if k % 2 == 0 else -14),
+            textcoords="offset points",
+            fontsize=7,
+        )
     fp32 = [r for r in summary if r["model"] == model and r["strategy"] == "fp32"]
     if fp32:
         ax.axhline(fp32[0]["top1_mean"], color="grey", lw=0.8, ls=":", label="FP32")
@@ -391,8 +401,9 @@ def write_report(folder: str | Path) -> Path:
         if t:
             md += [
                 "Mixed precision against uniform: the most accurate point of each mixed family "
-                "whose energy is at most the uniform configuration's (a front never below "
-                "uniform has Δ ≥ 0 in every row; means over seeds).",
+                "whose energy is at most that of a uniform configuration with the same method "
+                "and granularity (a front never below uniform has Δ ≥ 0 in every row; means "
+                "over seeds).",
                 "",
                 _table_md(h, t),
                 "",

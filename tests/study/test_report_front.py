@@ -3,8 +3,10 @@
 from eaq.study.report import front_vs_uniform
 
 
-def _row(config, strategy, energy, top1, base=None):
+def _row(config, strategy, energy, top1, base=None, granularity=None):
     return {
+        "method": "ptq",
+        "granularity": granularity,
         "model": "m",
         "config": config,
         "config_base": base or config,
@@ -20,12 +22,14 @@ def test_front_read_at_each_uniform_energy():
         _row("W8A8", "uniform", 0.15, 91.8),
         _row("W6A6", "uniform", 0.10, 91.6),
         _row("W4A4", "uniform", 0.06, 86.0),
+        _row("W8A8-tensor", "uniform", 0.15, 92.5, granularity="tensor"),  # another set-up
         _row("b@0.14", "budget", 0.14, 91.9, base="b"),
         _row("b@W6A6", "budget", 0.099, 91.5, base="b"),
         _row("b@0.08", "budget", 0.08, 90.0, base="b"),
     ]
     got = {c["uniform"]: c for c in front_vs_uniform(summary)}
-    assert set(got) == {"W8A8", "W6A6", "W4A4"}  # FP32 is not a uniform configuration
+    # FP32 is not a uniform configuration; per-tensor weights are another quantizer set-up
+    assert set(got) == {"W8A8", "W6A6", "W4A4"}
     assert got["W8A8"]["best"] == "b@0.14" and round(got["W8A8"]["delta"], 6) == 0.1
     assert got["W6A6"]["best"] == "b@W6A6" and round(got["W6A6"]["delta"], 6) == -0.1
     assert got["W4A4"]["best"] is None and got["W4A4"]["delta"] is None
