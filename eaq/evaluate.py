@@ -31,8 +31,13 @@ def evaluate(
     desc: str = "eval",
     progress: bool = True,
 ) -> EvalResult:
-    """Top-1 and top-5 accuracy (percent) of ``model`` on ``batches``; deterministic on CPU."""
+    """Top-1 and top-5 accuracy (percent) of ``model`` on ``batches``; deterministic on CPU.
+
+    Batches are moved to the device of the model's parameters (a GPU-trained model is evaluated
+    where it is).
+    """
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct1 = correct5 = n = 0
     start = time.perf_counter()
     total = getattr(batches, "n_images", None)
@@ -41,6 +46,7 @@ def evaluate(
         tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar,
     ):
         for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
             logits = model(images)
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
