@@ -12,7 +12,7 @@ setup:
 
 # The study: FP32, uniform 8/6/4, the seed's percentile mix and budgeted mixed precision on the
 # pretrained ResNet-20 (CIFAR-10), 3 calibration seeds, full test set; then the report.
-# Resumes where it stopped (about 15 minutes on an idle 2-core machine).
+# Resumes where it stopped (90 rows, about 24 minutes on an idle 2-core machine).
 run: setup
 	$(VENV)/eaq study studies/resnet20_cifar10.yaml --out runs/study-resnet20 --resume
 	$(VENV)/eaq report runs/study-resnet20
