@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,10 +14,10 @@ from eaq.cli.common import check_positive, log, model_and_dataset
 from eaq.data import eval_batches, load_dataset
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.models import create_model
+from eaq.models import create_model, weights_file
 from eaq.paths import resolve_data_root
-from eaq.provenance import git_commit
-from eaq.train.export import save_fp16, update_manifest
+from eaq.provenance import git_commit, sha256
+from eaq.train.export import MANIFEST, save_fp16, update_manifest
 from eaq.train.recipes import RECIPES, recipe_for
 from eaq.train.trainer import TrainData, bf16_supported, train
 
@@ -45,6 +46,14 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     p.add_argument(
         "--lr", type=float, default=None, help="override the recipe's peak learning rate"
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="start from these weights of the same model (a file, or `default`) instead of "
+        "random ones: fine-tuning or a warm restart with the recipe's schedule; the file's "
+        "sha256 and its manifest entry, when it has one, are recorded in the new manifest",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
@@ -82,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     train_set = load_dataset(dataset, "train", root)
     test_set = load_dataset(dataset, "test", root)
     images, labels = _train_tensors(train_set, args.train_limit)
-    model = create_model(args.model, weights="random", data_root=root)
+    model = create_model(args.model, weights=args.init or "random", data_root=root)
+    init = _init_record(args.model, args.init, root)
     data = TrainData(images, labels, info.mean, info.std, info.num_classes)
     norm = dict(mean=info.mean, std=info.std, input_size=info.input_size)
 
@@ -94,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     log(
         f"training {args.model} on {dataset}: recipe {recipe.name}, {recipe.epochs} epochs, "
         f"batch {recipe.batch_size}, device {device}, bf16 {bf16}, run folder {out}"
+        + (f", from {init['file']}" if init else "")
     )
     start = time.perf_counter()
     history = train(
@@ -107,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         evaluate_fn=evaluate_fn,
         device=device,
         bf16=bf16,
+        init_sha256=init["sha256"] if init else None,
         log=log,
         progress=sys.stderr.isatty(),
     )
@@ -127,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             "sha256": digest,
             "recipe": recipe.to_dict(),
             "epochs": recipe.epochs,
+            "init": init,
             "seed": args.seed,
             "train_images": len(labels),
             "top1": final.top1,
@@ -143,6 +156,20 @@ def run(args: argparse.Namespace) -> int:
         f"weights {weights} (sha256 {digest[:12]})"
     )
     return 0
+
+
+def _init_record(model: str, weights: str | None, root: Path) -> dict | None:
+    """What a run started from: file, sha256 and the file's manifest entry (None: random)."""
+    if weights is None:
+        return None
+    path = weights_file(model, weights, root)
+    digest = sha256(path)
+    manifest = path.parent / MANIFEST
+    entry = None
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text())
+        entry = next((e for e in entries.values() if e.get("sha256") == digest), None)
+    return {"file": path.name, "sha256": digest, "manifest": entry}
 
 
 def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,12 +95,14 @@ def train(
     evaluate_fn: Callable[[nn.Module], EvalResult] | None = None,
     device: str = "cpu",
     bf16: bool = False,
+    init_sha256: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Train ``model`` with ``recipe``; checkpoints and a JSON-lines log go to ``out_dir``.
 
-    Returns the per-epoch history (loss, train accuracy, test accuracy, seconds).
+    ``init_sha256`` names the weights ``model`` starts from (None: random); a resume must
+    name the same. Returns the per-epoch history (loss, train accuracy, test accuracy, seconds).
     """
     out_dir = Path(out_dir)
     try:
@@ -135,9 +137,11 @@ def train(
             state["model_name"] != model_name
             or state["recipe"] != recipe.to_dict()
             or state["seed"] != seed
+            or state.get("init_sha256") != init_sha256
         ):
             raise EaqError(
-                f"{ckpt_path} is a run of {state['model_name']} with another recipe or seed; "
+                f"{ckpt_path} is a run of {state['model_name']} with another recipe, seed or "
+                "initial weights; "
                 "resume with the same options or choose another --out"
             )
         model.load_state_dict(state["model"])
@@ -217,6 +221,7 @@ def train(
             "model_name": model_name,
             "recipe": recipe.to_dict(),
             "seed": seed,
+            "init_sha256": init_sha256,
             "epoch": epoch + 1,
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),

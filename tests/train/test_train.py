@@ -66,6 +66,14 @@ def test_existing_run_needs_resume_and_the_same_model(tmp_path):
         )
 
 
+def test_resume_needs_the_same_initial_weights(tmp_path):
+    _train(tmp_path, log=lambda msg: None, init_sha256="a" * 64)
+    with pytest.raises(EaqError, match="initial weights"):
+        _train(tmp_path, resume=True, log=lambda msg: None, init_sha256="b" * 64)
+    with pytest.raises(EaqError, match="initial weights"):
+        _train(tmp_path, resume=True, log=lambda msg: None)  # from random weights
+
+
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -125,6 +133,19 @@ def test_train_cli_end_to_end_and_evaluate_of_its_checkpoint(tmp_path, capsys, d
         ]
     )
     assert code == 2
+    assert "missing" in capsys.readouterr().err
+    # a warm restart from that checkpoint records what it started from
+    short = ["--epochs", "1", "--batch-size", "64", "--train-limit", "64", "--eval-limit", "8"]
+    restart = tmp_path / "restart"
+    train_args = ["train", *args, *short, "--bf16", "off", "--out", str(restart)]
+    assert main([*train_args, "--init", str(weights)]) == 0
+    init = json.loads((restart / "manifest.json").read_text())["resnet20_cifar"]["init"]
+    assert init["file"] == weights.name and init["sha256"] == manifest["sha256"]
+    assert init["manifest"]["top1"] == manifest["top1"]
+    # weights of another model are refused before any training
+    capsys.readouterr()
+    other = ["train", "--model", "resnet18_cifar", "--data-root", str(data_root), *short]
+    assert main([*other, "--out", str(tmp_path / "other"), "--init", str(weights)]) == 2
     assert "missing" in capsys.readouterr().err
 
 
