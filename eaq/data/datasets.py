@@ -20,10 +20,13 @@ import numpy as np
 
 from eaq.errors import EaqError, choices_hint
 
-DATA_HINT = (
-    "set --data-root or EAQ_DATA_ROOT to a folder holding cifar10/test.npz, "
-    "or pass --download when online"
-)
+
+def _data_hint(name: str, split: str) -> str:
+    """What to do about a missing or broken data set, naming the file that would be read."""
+    return (
+        f"set --data-root or EAQ_DATA_ROOT to a folder holding {name}/{split}.npz, "
+        "or pass --download when online"
+    )
 
 
 @dataclass(frozen=True)
@@ -158,11 +161,13 @@ def _load_cifar(name: str, split: str, root: Path, download: bool) -> ImageSet:
         except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
             if not download:
                 raise EaqError(
-                    f"{tv_folder} is incomplete or corrupt ({exc}); {DATA_HINT}"
+                    f"{tv_folder} is incomplete or corrupt ({exc}); {_data_hint(name, split)}"
                 ) from exc
     looked = ", ".join(str(p) for p in [*candidates, tv_folder])
     if not download:
-        raise EaqError(f"no {name} {split} split under {root}: looked for {looked}; {DATA_HINT}")
+        raise EaqError(
+            f"no {name} {split} split under {root}: looked for {looked}; {_data_hint(name, split)}"
+        )
     return _download_cifar(name, split, root, looked)
 
 

@@ -153,8 +153,9 @@ def test_missing_data_says_where_and_what_to_do(tmp_path):
     assert str(tmp_path / "cifar-10-batches-py") in msg
     assert "set --data-root or EAQ_DATA_ROOT to a folder holding cifar10/test.npz" in msg
     assert "--download" in msg
-    with pytest.raises(EaqError, match="train_5k.npz"):
+    with pytest.raises(EaqError, match="train_5k.npz") as info:
         load_dataset("cifar100", "train", tmp_path)
+    assert "a folder holding cifar100/train.npz" in str(info.value)  # the set that is missing
     with pytest.raises(EaqError, match="imagenet/val"):
         load_dataset("imagenet", "test", tmp_path)
 
