@@ -19,7 +19,7 @@ run: setup
 
 test: setup
 	$(VENV)/ruff check eaq tests benchmarks
-	$(VENV)/python -m pytest -n 2 tests
+	$(VENV)/python -m pytest -n 2 tests eaq --doctest-modules
 
 lint: setup
 	$(VENV)/ruff check eaq tests benchmarks
