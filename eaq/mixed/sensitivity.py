@@ -8,11 +8,11 @@ Three measures:
     *float* input that the layer sees in the float model. Cost: one float pass to calibrate
     the input ranges (one observer per layer, shared by all widths), then one float pass with
     hooks that, per batch and layer, run the layer once per candidate and accumulate the squared
-    error; no activation is kept beyond its batch. About ``2 + C * (conv/linear share)`` forward
-    passes for ``C`` candidates, never a model pass per layer. Layers on token inputs (a ViT's
-    Linear layers and attention matmuls) re-run each candidate on every fourth token row and
-    scale the sum up (:func:`_token_rows`; within 0.4% of the full sum on deit_tiny_cifar), so
-    a ViT also costs about three passes.
+    error; no activation is kept beyond its batch: ``2 + C`` forward passes for ``C`` candidates
+    done in full, never a model pass per layer. To keep that near three passes the
+    candidates are re-run on part of the data and the sum scaled up (:func:`_rerun_rows`): on
+    every fourth token row of a token input (a ViT's Linear layers and attention matmuls; within
+    0.4% of the full sum on deit_tiny_cifar), else on every third image of each batch.
 ``kl``
     ``KL(softmax(z_full) || softmax(z_quant))`` of the logits with only layer ``l`` quantized at
     ``c`` (everything else float): one model pass per layer and candidate, so use it on a few
@@ -269,7 +269,7 @@ def _l2_sensitivity(model, calib, candidates, base, progress, measure="l2") -> S
         def hook(mod, inputs, output):
             if measure == "nuclear":
                 nuclear[i] += float(output_nuclear_norm(output, ref.kind).sum())
-            x_in, output, scale = _token_rows(ref.kind, inputs[0], output)
+            x_in, output, scale = _rerun_rows(ref.kind, inputs[0], output)
             for j, (w, a) in enumerate(candidates):
                 if ref.kind == "matmul":
                     y = in_q[(ref.name, 0)][a](x_in) @ in_q[(ref.name, 1)][a](inputs[1])
@@ -304,26 +304,34 @@ def _l2_sensitivity(model, calib, candidates, base, progress, measure="l2") -> S
 TOKEN_STRIDE = 4
 """Token inputs (``[..., N, C]`` with ``N >= MIN_TOKENS``) are re-run on every 4th token row."""
 MIN_TOKENS = 16
+IMAGE_STRIDE = 3
+"""Other inputs of convolutions and Linear layers are re-run on every 3rd image of a batch."""
 
 
-def _token_rows(kind: str, x: torch.Tensor, output: torch.Tensor):
-    """The rows of a token input (and of its output) that the candidates are re-run on.
+def _rerun_rows(kind: str, x: torch.Tensor, output: torch.Tensor):
+    """The part of a layer's input (and of its output) that the candidates are re-run on.
 
-    A Linear layer or an attention matmul treats each token row (``x[..., n, :]``) alone and a
-    per-tensor activation quantizer uses one calibrated scale, so re-running a candidate on
-    every ``TOKEN_STRIDE``-th row gives exactly those rows of the full output. The squared
-    error summed over them, times ``N / rows``, estimates the full sum: this keeps the cost of a
-    ViT's sensitivity near three forward passes. Convolutions and 2-D inputs are used whole.
+    A Linear layer or an attention matmul treats each token row (``x[..., n, :]``) alone, a
+    convolution or a Linear layer each image alone, and a per-tensor activation quantizer uses
+    one calibrated scale; so re-running a candidate on every ``TOKEN_STRIDE``-th token row, or
+    else on every ``IMAGE_STRIDE``-th image of the batch, gives exactly those rows of the full
+    output. The squared error summed over them, times ``all / kept``, estimates the full sum:
+    this keeps the cost of the sensitivity near three forward passes (one to calibrate the input
+    ranges, one float pass, the candidates on a third or a quarter of the data). Attention
+    matmuls on fewer than ``MIN_TOKENS`` tokens are used whole.
 
     Returns:
         ``(x_rows, output_rows, scale)``.
     """
-    if kind == "conv" or x.dim() < 3 or x.shape[-2] < MIN_TOKENS:
+    if kind != "conv" and x.dim() >= 3 and x.shape[-2] >= MIN_TOKENS:
+        n = x.shape[-2]
+        rows = slice(0, None, TOKEN_STRIDE)
+        return x[..., rows, :], output[..., rows, :], n / len(range(n)[rows])
+    if kind == "matmul":  # its second input would need the same images: keep it simple
         return x, output, 1.0
-    n = x.shape[-2]
-    rows = slice(0, None, TOKEN_STRIDE)
-    kept = len(range(n)[rows])
-    return x[..., rows, :], output[..., rows, :], n / kept
+    b = x.shape[0]
+    rows = slice(0, None, IMAGE_STRIDE)
+    return x[rows], output[rows], b / len(range(b)[rows])
 
 
 def _bar(items, progress: bool, desc: str):
