@@ -52,6 +52,7 @@ def test_token_subsampling_estimates_the_full_sum(monkeypatch):
 
     model = _tiny_vit()  # 17 tokens: subsampled
     calib = [(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    monkeypatch.setattr(sensitivity, "IMAGE_STRIDE", 1)  # token rows only, all images
     sampled = layer_sensitivity(model, calib, candidate_grid([4, 8])).values
     monkeypatch.setattr(sensitivity, "TOKEN_STRIDE", 1)
     full = layer_sensitivity(model, calib, candidate_grid([4, 8])).values

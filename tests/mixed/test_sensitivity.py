@@ -36,7 +36,12 @@ def _calib(n_batches=2):
     ]
 
 
-def test_l2_matches_reference_single_layer_quantization():
+@pytest.mark.parametrize("stride", [1, 3])
+def test_l2_matches_reference_single_layer_quantization(stride, monkeypatch):
+    """Stride 1: the full sum; stride 3 (the default): the sum over every 3rd image, scaled."""
+    import eaq.mixed.sensitivity as sensitivity
+
+    monkeypatch.setattr(sensitivity, "IMAGE_STRIDE", stride)
     model, calib = _tiny(), _calib()
     cands = [(4, 4), (8, 8)]
     s = layer_sensitivity(model, calib, cands)
@@ -55,12 +60,14 @@ def test_l2_matches_reference_single_layer_quantization():
             for x, _ in calib:
                 inputs.clear()
                 h = layer_f.register_forward_pre_hook(
-                    lambda m, inp, box=inputs: box.setdefault("x", inp[0])
+                    lambda m, inp, box=inputs: box.update(x=inp[0])  # returns None: inp kept
                 )
                 with torch.no_grad():
                     model(x)
-                    sq += float((layer_q(inputs["x"]) - layer_f(inputs["x"])).double().pow(2).sum())
-                h.remove()
+                    h.remove()
+                    kept = inputs["x"][::stride]
+                    err = (layer_q(kept) - layer_f(kept)).double().pow(2).sum()
+                    sq += float(err) * x.shape[0] / kept.shape[0]
             assert s.values[i, j] == pytest.approx(np.sqrt(sq), rel=1e-4)
     assert (s.values[:, 0] > s.values[:, 1]).all()  # 4 bits hurt more than 8
 
