@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from eaq.evaluate import evaluate
 from eaq.models import create_model, weights_file
 from eaq.paths import resolve_data_root
 from eaq.provenance import git_commit, sha256
-from eaq.train.export import MANIFEST, save_fp16, update_manifest
+from eaq.train.export import manifest_entry, save_fp16, update_manifest
 from eaq.train.recipes import RECIPES, recipe_for
 from eaq.train.trainer import TrainData, bf16_supported, train
 
@@ -164,12 +163,7 @@ def _init_record(model: str, weights: str | None, root: Path) -> dict | None:
         return None
     path = weights_file(model, weights, root)
     digest = sha256(path)
-    manifest = path.parent / MANIFEST
-    entry = None
-    if manifest.is_file():
-        entries = json.loads(manifest.read_text())
-        entry = next((e for e in entries.values() if e.get("sha256") == digest), None)
-    return {"file": path.name, "sha256": digest, "manifest": entry}
+    return {"file": path.name, "sha256": digest, "manifest": manifest_entry(path, digest)}
 
 
 def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,12 +21,10 @@ import numpy as np
 from eaq.errors import EaqError, choices_hint
 
 
-def _data_hint(name: str, split: str) -> str:
+def _data_hint(name: str, split: str, *, offer_download: bool = True) -> str:
     """What to do about a missing or broken data set, naming the file that would be read."""
-    return (
-        f"set --data-root or EAQ_DATA_ROOT to a folder holding {name}/{split}.npz, "
-        "or pass --download when online"
-    )
+    hint = f"set --data-root or EAQ_DATA_ROOT to a folder holding {name}/{split}.npz"
+    return hint + (", or pass --download when online" if offer_download else "")
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,7 @@ def _download_cifar(name: str, split: str, root: Path, looked: str) -> ImageSet:
     if not host_reachable(CIFAR10.url):
         raise EaqError(
             f"could not download {name} (no network to {CIFAR10.url}) and found no local copy "
-            f"(looked for {looked}); set --data-root or EAQ_DATA_ROOT to a folder holding "
-            f"{name}/{split}.npz"
+            f"(looked for {looked}); {_data_hint(name, split, offer_download=False)}"
         )
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +186,7 @@ def _download_cifar(name: str, split: str, root: Path, looked: str) -> ImageSet:
         text = " ".join(str(exc).split())[:200]
         raise EaqError(
             f"could not download {name} into {root} ({type(exc).__name__}: {text}); "
-            f"set --data-root or EAQ_DATA_ROOT to a folder holding {name}/{split}.npz"
+            f"{_data_hint(name, split, offer_download=False)}"
         ) from exc
 
 

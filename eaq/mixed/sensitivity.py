@@ -327,7 +327,7 @@ def _rerun_rows(kind: str, x: torch.Tensor, output: torch.Tensor):
         n = x.shape[-2]
         rows = slice(0, None, TOKEN_STRIDE)
         return x[..., rows, :], output[..., rows, :], n / len(range(n)[rows])
-    if kind == "matmul":  # its second input would need the same images: keep it simple
+    if kind == "matmul":  # slicing images would have to slice its second input too: whole
         return x, output, 1.0
     b = x.shape[0]
     rows = slice(0, None, IMAGE_STRIDE)

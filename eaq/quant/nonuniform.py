@@ -51,6 +51,8 @@ Examples:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 from torch import Tensor
 
@@ -138,12 +140,13 @@ def twin_fake_quantize(x: Tensor, d1: Tensor, d2: Tensor, bits: int, signed: boo
     return out.to(x.dtype)
 
 
-class NonUniformQuantizer(Quantizer):
+class NonUniformQuantizer(Quantizer, metaclass=ABCMeta):
     """Base of the non-uniform activation quantizers: per tensor, zero point 0.
 
     Keeps :class:`~eaq.quant.Quantizer`'s buffers (``scale`` is the quantizer's base step and
     the only parameter a scale search needs to multiply) and its calibration protocol;
-    subclasses implement :meth:`_fake_quantize` and :meth:`finish_calibration`.
+    subclasses implement :meth:`_fake_quantize` (abstract: the base cannot be made) and
+    :meth:`finish_calibration`.
 
     Args:
         spec: Bits, sign (None: chosen at calibration) and observer; must be per tensor.
@@ -167,8 +170,9 @@ class NonUniformQuantizer(Quantizer):
         self.observer = None
         self.calibrating = False
 
+    @abstractmethod
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Fake-quantize ``x`` with the calibrated parameters."""
 
     def forward(self, x: Tensor) -> Tensor:
         """Fake-quantize ``x``; identity when disabled, observe and pass through if calibrating."""

@@ -24,9 +24,22 @@ def save_fp16(model: nn.Module, path: Path) -> str:
     return sha256(path)
 
 
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """The entries of ``folder/manifest.json`` by model name ({} when there is none)."""
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def manifest_entry(weights: Path, digest: str) -> dict | None:
+    """The manifest entry beside ``weights`` whose sha256 is ``digest``, or None."""
+    return next(
+        (e for e in read_manifest(weights.parent).values() if e.get("sha256") == digest), None
+    )
+
+
 def update_manifest(folder: Path, entry: dict) -> None:
     """Add or replace the manifest entry of ``entry['model']`` in ``folder/manifest.json``."""
     path = folder / MANIFEST
-    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries = read_manifest(folder)
     entries[entry["model"]] = entry
     path.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + "\n")

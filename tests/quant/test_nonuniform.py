@@ -13,6 +13,7 @@ from torch import nn
 from eaq.errors import EaqError
 from eaq.quant import (
     Log2Quantizer,
+    NonUniformQuantizer,
     PerChannel,
     Quantizer,
     QuantSpec,
@@ -182,3 +183,8 @@ def test_make_quantizer_rejects_bad_kind_and_granularity():
     with pytest.raises(EaqError, match="per tensor"):
         make_quantizer(QuantSpec(8, granularity=PerChannel(0)), "twin")
     assert math.isfinite(float(Log2Quantizer(QuantSpec(2)).calibrate_(torch.zeros(3)).scale))
+
+
+def test_the_non_uniform_base_is_abstract():
+    with pytest.raises(TypeError, match="_fake_quantize"):
+        NonUniformQuantizer(QuantSpec(4))
