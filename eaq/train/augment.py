@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def random_crop_flip(
@@ -36,11 +36,27 @@ class RandAugment:
         self.transform = rand_augment_transform(
             config, {"translate_const": int(image_size * 0.45), "img_mean": fill}
         )
+        for op in self.transform.ops:
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         arr = images.numpy()
         out = [np.asarray(self.transform(Image.fromarray(a))) for a in arr]
         return torch.from_numpy(np.stack(out))
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, where keeping 0 bits gives a black image as Pillow used to.
+
+    timm's ``PosterizeIncreasing`` asks for 0 bits at magnitude 10, which ``rand-m9-mstd0.5``
+    reaches; Pillow 13 raises ValueError for it.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:

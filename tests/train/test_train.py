@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,34 +20,82 @@ def _data(n=96):
     return TrainData(images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 10)
 
 
-def _train(out, **kw):
+def _train(out, recipe=RECIPE, **kw):
     torch.manual_seed(123)  # the initial weights
     model = create_model("resnet20_cifar", weights="random")
-    train(model, _data(), RECIPE, out, model_name="resnet20_cifar", progress=False, **kw)
+    train(model, _data(), recipe, out, model_name="resnet20_cifar", progress=False, **kw)
     return model
+
+
+SWA = RECIPE.with_overrides(swa_epochs=2, swa_lr=0.02)
 
 
 class Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_reaches_the_same_weights(tmp_path):
-    straight = _train(tmp_path / "a", log=lambda msg: None)
+@pytest.mark.parametrize("recipe", [RECIPE, SWA], ids=["plain", "swa"])
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, recipe):
+    straight = _train(tmp_path / "a", recipe=recipe, log=lambda msg: None)
 
-    def die_after_first_epoch(msg):
-        if msg.startswith("epoch 1/3"):  # logged after the epoch's checkpoint was written
+    def die_after_second_epoch(msg):
+        if msg.startswith("epoch 2/3"):  # logged after the epoch's checkpoint was written
             raise Killed
 
-    with pytest.raises(Killed):
-        _train(tmp_path / "b", log=die_after_first_epoch)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == 1
-    resumed = _train(tmp_path / "b", resume=True, log=lambda msg: None)
+    with pytest.raises(Killed):  # for SWA: killed with one epoch averaged
+        _train(tmp_path / "b", recipe=recipe, log=die_after_second_epoch)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == 2
+    resumed = _train(tmp_path / "b", recipe=recipe, resume=True, log=lambda msg: None)
     for (k, v), (_, w) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         assert torch.equal(v, w), k
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in log] == [1, 2, 3]
+
+
+def test_swa_averages_the_last_epochs_at_a_constant_rate(tmp_path):
+    torch.manual_seed(123)
+    model = create_model("resnet20_cifar", weights="random")
+    after_epoch = []
+
+    def keep_weights(msg):
+        if msg.startswith("epoch"):
+            after_epoch.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    history = train(
+        model, _data(), SWA, tmp_path, model_name="resnet20_cifar", progress=False, log=keep_weights
+    )
+    assert [row["lr"] for row in history[1:]] == pytest.approx([0.02, 0.02])
+    final = model.state_dict()
+    for name, _ in model.named_parameters():
+        mean = (after_epoch[1][name] + after_epoch[2][name]) / 2
+        torch.testing.assert_close(final[name], mean, msg=name)
+    # the batch-norm statistics are those of the averaged weights on the training images
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    data = _data()
+    seen = []
+    hook = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].mean((0, 2, 3))))
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, 96, 32):
+            x = (data.images[i : i + 32].permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+            model(x)
+    hook.remove()
+    torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0))
+
+
+def test_recipe_overrides_are_checked():
+    r = RECIPES["resnet_sgd"]
+    assert r.with_overrides(weight_decay=1).weight_decay == 1.0  # an int for a float field
+    with pytest.raises(EaqError, match="weight_decay must be float"):
+        r.with_overrides(weight_decay="lots")
+    with pytest.raises(EaqError, match="unknown recipe field.*swa_epoch'.*valid"):
+        r.with_overrides(swa_epoch=3)
+    with pytest.raises(EaqError, match="swa_epochs must be between 0 and epochs \\(60\\), got 61"):
+        r.with_overrides(swa_epochs=61, swa_lr=0.05)
+    with pytest.raises(EaqError, match="needs swa_lr > 0"):
+        r.with_overrides(swa_epochs=5)
 
 
 def test_existing_run_needs_resume_and_the_same_model(tmp_path):
@@ -155,3 +204,30 @@ def test_train_cli_bad_input(capsys, data_root):
     assert e.value.code == 2
     assert main(["train", "--model", "resnet20_cifar", "--recipe", "magic"]) == 2
     assert "magic" in capsys.readouterr().err
+    for options, message in [
+        (["--recipe-option", "mixup"], "must look like KEY=VALUE"),
+        (["--recipe-option", "mixupp=0.2"], "unknown recipe field"),
+        (["--recipe-option", "mixup=[0.2"], "cannot read the value"),
+        (["--recipe-option", "epochs=3", "--epochs", "4"], "epochs given both"),
+    ]:
+        assert main(["train", "--model", "resnet20_cifar", *options]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_a_black_image():
+    """timm asks Pillow for 0 bits here, which Pillow 13 refuses (the ViT recipe crashed)."""
+    import random
+
+    from PIL import Image
+
+    from eaq.train.augment import RandAugment
+
+    aug = RandAugment("rand-m10-mstd0-inc1", 32, (0.5, 0.5, 0.5))
+    op = next(op for op in aug.transform.ops if op.name == "PosterizeIncreasing")
+    op.prob = 1.0
+    image = Image.fromarray(torch.full((32, 32, 3), 200, dtype=torch.uint8).numpy())
+    assert not np.asarray(op(image)).any()
+    random.seed(0)
+    images = torch.randint(0, 256, (256, 32, 32, 3), dtype=torch.uint8)
+    out = RandAugment("rand-m9-mstd0.5-inc1", 32, (0.5, 0.5, 0.5))(images)
+    assert out.shape == images.shape and out.dtype == torch.uint8
