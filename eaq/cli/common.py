@@ -116,20 +116,26 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def parse_method_options(method: str, items: list[str] | None) -> dict:
-    """``--method-option KEY=VALUE`` items as a dict (values read as YAML scalars), checked
-    against the method's options."""
+def parse_key_values(flag: str, items: list[str] | None, example: str) -> dict:
+    """``FLAG KEY=VALUE`` items as a dict, the values read as YAML scalars (``0.5``, ``true``,
+    ``rand-m9``)."""
     import yaml
-
-    from eaq.methods import check_method_options
 
     options = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise EaqError(f"--method-option {item!r} must look like KEY=VALUE, e.g. iters=500")
+            raise EaqError(f"{flag} {item!r} must look like KEY=VALUE, e.g. {example}")
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise EaqError(f"--method-option {item!r}: cannot read the value {value!r}") from None
+            raise EaqError(f"{flag} {item!r}: cannot read the value {value!r}") from None
+    return options
+
+
+def parse_method_options(method: str, items: list[str] | None) -> dict:
+    """``--method-option KEY=VALUE`` items as a dict, checked against the method's options."""
+    from eaq.methods import check_method_options
+
+    options = parse_key_values("--method-option", items, "iters=500")
     return check_method_options(method, options)

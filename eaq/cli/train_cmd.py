@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from eaq.cli.common import check_positive, log, model_and_dataset
+from eaq.cli.common import check_positive, log, model_and_dataset, parse_key_values
 from eaq.data import eval_batches, load_dataset
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
@@ -47,6 +47,16 @@ def add_parser(sub) -> None:
         "--lr", type=float, default=None, help="override the recipe's peak learning rate"
     )
     p.add_argument(
+        "--recipe-option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override any recipe field, e.g. weight_decay=1e-3, mixup=0.2, cutmix=1.0, "
+        "label_smoothing=0.0, randaugment=rand-m9-mstd0.5, swa_epochs=20 with swa_lr=0.05 "
+        "(stochastic weight averaging over the last 20 epochs); repeatable. The fields are "
+        "those of the manifest's recipe",
+    )
+    p.add_argument(
         "--init",
         default=None,
         metavar="WEIGHTS",
@@ -77,9 +87,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     info, dataset = model_and_dataset(args)
-    recipe = recipe_for(info.family, args.recipe).with_overrides(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr
-    )
+    options = parse_key_values("--recipe-option", args.recipe_option, "weight_decay=1e-3")
+    flags = _flags(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if twice := sorted(set(options) & set(flags)):
+        raise EaqError(f"{', '.join(twice)} given both as a flag and as --recipe-option")
+    recipe = recipe_for(info.family, args.recipe).with_overrides(**options, **flags)
     check_positive("--train-limit", args.train_limit)
     check_positive("--eval-limit", args.eval_limit)
     out = Path(args.out or f"runs/train-{args.model}")
@@ -155,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
         f"weights {weights} (sha256 {digest[:12]})"
     )
     return 0
+
+
+def _flags(**values) -> dict:
+    """The recipe fields that have a flag of their own and were given."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _init_record(model: str, weights: str | None, root: Path) -> dict | None:

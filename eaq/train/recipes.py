@@ -25,6 +25,12 @@ class Recipe:
         flip: random horizontal flips.
         randaugment: a timm RandAugment string such as ``rand-m9-mstd0.5``, or None.
         mixup, cutmix: alphas of timm's Mixup/CutMix (0: off).
+        swa_epochs: stochastic weight averaging (Izmailov et al. 2018) over the last this many
+            epochs: they run at the constant rate ``swa_lr``, the weights are averaged after
+            each of them, and the average, with batch-norm statistics recomputed on the
+            training images, is the result (0: off). With ``swa_epochs == epochs`` the whole
+            run is averaging, which suits a warm start (``eaq train --init``).
+        swa_lr: the constant learning rate of the averaging epochs.
     """
 
     name: str
@@ -42,6 +48,8 @@ class Recipe:
     randaugment: str | None = None
     mixup: float = 0.0
     cutmix: float = 0.0
+    swa_epochs: int = 0
+    swa_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -51,17 +59,45 @@ class Recipe:
         for name in ("lr", "epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise EaqError(f"recipe {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise EaqError(
+                f"recipe swa_epochs must be between 0 and epochs ({self.epochs}), "
+                f"got {self.swa_epochs}"
+            )
+        if self.swa_epochs and self.swa_lr <= 0:
+            raise EaqError(f"recipe swa_epochs={self.swa_epochs} needs swa_lr > 0, e.g. 0.05")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def with_overrides(self, **overrides) -> Recipe:
-        """A copy with the given fields changed; None values are ignored."""
+        """A copy with the given fields changed; None values are ignored.
+
+        A value must have the field's type (an int is taken for a float field).
+
+        Examples:
+            >>> RECIPES["resnet_sgd"].with_overrides(mixup=0.2, epochs=None).mixup
+            0.2
+        """
         valid = {f.name for f in fields(self)}
         bad = sorted(set(overrides) - valid)
         if bad:
             raise EaqError(f"unknown recipe field(s) {bad}; {choices_hint(sorted(valid))}")
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            current = getattr(self, key)
+            if isinstance(current, float) and type(value) is int:
+                value = float(value)
+            wanted = str if current is None else type(current)  # randaugment: str or None
+            if type(value) is not wanted:
+                raise EaqError(
+                    f"recipe {key} must be {wanted.__name__}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            changes[key] = value
+        return replace(self, **changes)
 
 
 RECIPES: dict[str, Recipe] = {

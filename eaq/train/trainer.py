@@ -21,6 +21,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from eaq.errors import EaqError
@@ -121,10 +122,18 @@ def train(
             f"batch size {recipe.batch_size} is larger than the training set "
             f"({len(data.labels)} images)"
         )
-    total = steps_per_epoch * recipe.epochs
+    swa_start = recipe.epochs - recipe.swa_epochs  # the first epoch that is averaged
+    main_steps = steps_per_epoch * swa_start
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     start = 0.04 if recipe.schedule == "onecycle" else 0.0
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, start))
+
+    def factor(step: int) -> float:
+        if step >= main_steps:  # the averaging epochs run at a constant rate
+            return recipe.swa_lr / recipe.lr
+        return lr_factor(step, main_steps, warmup, start)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    swa = AveragedModel(model) if recipe.swa_epochs else None
     history: list[dict] = []
     first_epoch = 0
     if ckpt_path.exists():
@@ -147,6 +156,8 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if swa is not None:
+            swa.load_state_dict(state["swa"])
         history = state["history"]
         first_epoch = state["epoch"]
         log(f"resuming {model_name} after epoch {first_epoch}/{recipe.epochs}")
@@ -206,6 +217,8 @@ def train(
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         bar.close()
+        if swa is not None and epoch >= swa_start:
+            swa.update_parameters(model)
         row = {
             "epoch": epoch + 1,
             "lr": sched.get_last_lr()[0],
@@ -228,6 +241,8 @@ def train(
             "scheduler": sched.state_dict(),
             "history": history,
         }
+        if swa is not None:
+            state["swa"] = swa.state_dict()
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)
@@ -239,5 +254,25 @@ def train(
             + (f", test {row['test_top1']:.2f}%" if "test_top1" in row else "")
             + f" ({row['seconds']:.0f} s)"
         )
+    if swa is not None:
+        _take_average(model, swa, data, recipe.batch_size, device)
+        log(
+            f"weights averaged over the last {recipe.swa_epochs} epochs; batch-norm statistics "
+            "recomputed on the training images"
+        )
     model.eval()
     return history
+
+
+def _take_average(
+    model: nn.Module, swa: AveragedModel, data: TrainData, batch_size: int, device: str
+) -> None:
+    """Load the averaged weights into ``model`` and recompute its batch-norm statistics on
+    the (unaugmented) training images, in order."""
+    model.load_state_dict(swa.module.state_dict())
+    batches = (
+        normalize(data.images[i : i + batch_size], data.mean, data.std).to(device)
+        for i in range(0, len(data.labels), batch_size)
+    )
+    with torch.no_grad():
+        update_bn(batches, model, device=device)
