@@ -26,11 +26,13 @@ def add_parser(sub) -> None:
         "train",
         help="train an FP32 reference model (checkpoint every epoch, --resume)",
         description=(
-            "Train a registered model from scratch with a standard recipe (ResNets: SGD + "
-            "one-cycle, crop/flip, label smoothing; ViTs: AdamW + warm-up/cosine, RandAugment, "
-            "mixup/cutmix). A checkpoint is written after every epoch; --resume continues a "
-            "killed run exactly. At the end the weights are saved as fp16 safetensors with a "
-            "manifest entry. Uses a GPU when there is one."
+            "Train a registered model, from scratch or from --init weights, with a standard "
+            "recipe (ResNets: SGD + one-cycle, crop/flip, label smoothing; ViTs: AdamW + "
+            "warm-up/cosine, RandAugment, mixup/cutmix); --recipe-option changes any field, "
+            "e.g. stochastic weight averaging over the last epochs. A checkpoint is written "
+            "after every epoch; --resume continues a killed run exactly. At the end the weights "
+            "are saved as fp16 safetensors with a manifest entry whose accuracy is measured on "
+            "the whole test set. Uses a GPU when there is one."
         ),
     )
     p.add_argument("--model", required=True, help="a registered model (see `eaq models`)")

