@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
         default="auto",
         help="bf16 autocast (auto: on a GPU, or on a CPU with bf16 units). Whether it pays on "
         "a CPU depends on the model: on a 2-core AMX Xeon it is faster for resnet18_cifar but "
-        "1.8x slower for the seed's resnet18 (8x8 feature maps), where off is better",
+        "1.2x slower for the seed's resnet18 (8x8 feature maps), where off is better",
     )
     p.add_argument(
         "--export",
