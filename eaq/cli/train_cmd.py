@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             "test_images": final.n_images,
             "commit": git_commit(),
             "device": device,
+            "bf16": bf16,
             "wall_seconds_this_session": time.perf_counter() - start,
             "epoch_seconds_total": sum(row["seconds"] for row in history),
         },

@@ -162,6 +162,7 @@ def test_train_cli_end_to_end_and_evaluate_of_its_checkpoint(tmp_path, capsys, d
     manifest = json.loads((out / "manifest.json").read_text())["resnet20_cifar"]
     weights = out / manifest["file"]
     assert weights.suffix == ".safetensors" and manifest["test_images"] == 10_000
+    assert manifest["bf16"] is False and manifest["device"] == "cpu"
     capsys.readouterr()
     code = main(["evaluate", *args, "--weights", str(weights), "--json"])
     assert code == 0
