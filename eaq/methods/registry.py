@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eaq.errors import EaqError, choices_hint
+from eaq.errors import EaqError, choices_hint, like_default
 from eaq.nn import QuantSummary, calibrate_, quantize_
 from eaq.plan import Plan
 
@@ -78,14 +78,7 @@ def check_method_options(name: str, options: dict | None) -> dict:
         raise EaqError(f"method {name!r} has no option(s) {', '.join(unknown)}; {valid}")
     for key, value in options.items():
         default = method.options[key]
-        if isinstance(default, bool) or default is None:
-            ok = default is None or isinstance(value, bool)
-        elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok = ok and (isinstance(value, int) or isinstance(default, float))
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
+        if not like_default(value, default):
             raise EaqError(
                 f"method {name!r} option {key!r} must be like its default {default!r}, "
                 f"got {value!r}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from eaq.errors import EaqError, choices_hint
+from eaq.errors import EaqError, choices_hint, like_default
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,13 @@ class Recipe:
             if value is None:
                 continue
             current = getattr(self, key)
-            if isinstance(current, float) and type(value) is int:
-                value = float(value)
-            wanted = str if current is None else type(current)  # randaugment: str or None
-            if type(value) is not wanted:
+            default = "" if current is None else current  # randaugment: a string or None
+            if not like_default(value, default):
                 raise EaqError(
-                    f"recipe {key} must be {wanted.__name__}, got {value!r} "
+                    f"recipe {key} must be {type(default).__name__}, got {value!r} "
                     f"({type(value).__name__})"
                 )
-            changes[key] = value
+            changes[key] = float(value) if isinstance(default, float) else value
         return replace(self, **changes)
 
 

@@ -280,4 +280,4 @@ def _take_average(
         for i in range(0, len(data.labels), batch_size)
     )
     with torch.no_grad():
-        update_bn(batches, model, device=device)
+        update_bn(batches, model)
