@@ -158,7 +158,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        if swa is not None:
+        if "swa" in state:  # killed after an averaged epoch
             swa.load_state_dict(state["swa"])
         history = state["history"]
         first_epoch = state["epoch"]
@@ -219,7 +219,8 @@ def train(
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         bar.close()
-        if swa is not None and epoch >= swa_start:
+        averaging = swa is not None and epoch >= swa_start
+        if averaging:
             swa.update_parameters(model)
         row = {
             "epoch": epoch + 1,
@@ -243,7 +244,7 @@ def train(
             "scheduler": sched.state_dict(),
             "history": history,
         }
-        if swa is not None:
+        if averaging:  # before the first averaged epoch the average holds nothing
             state["swa"] = swa.state_dict()
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)

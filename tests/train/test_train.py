@@ -34,17 +34,21 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("recipe", [RECIPE, SWA], ids=["plain", "swa"])
-def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, recipe):
+@pytest.mark.parametrize(
+    ("recipe", "killed_after"),
+    [(RECIPE, 2), (SWA, 1), (SWA, 2)],
+    ids=["plain", "swa-before-averaging", "swa-one-epoch-averaged"],
+)
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, recipe, killed_after):
     straight = _train(tmp_path / "a", recipe=recipe, log=lambda msg: None)
 
-    def die_after_second_epoch(msg):
-        if msg.startswith("epoch 2/3"):  # logged after the epoch's checkpoint was written
+    def die(msg):
+        if msg.startswith(f"epoch {killed_after}/3"):  # logged after the checkpoint was written
             raise Killed
 
-    with pytest.raises(Killed):  # for SWA: killed with one epoch averaged
-        _train(tmp_path / "b", recipe=recipe, log=die_after_second_epoch)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == 2
+    with pytest.raises(Killed):
+        _train(tmp_path / "b", recipe=recipe, log=die)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == killed_after
     resumed = _train(tmp_path / "b", recipe=recipe, resume=True, log=lambda msg: None)
     for (k, v), (_, w) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
