@@ -13,9 +13,10 @@ from eaq.cli.common import check_positive, log, model_and_dataset, parse_key_val
 from eaq.data import eval_batches, load_dataset
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.models import create_model, weights_file
+from eaq.models import ModelInfo, create_model, get_model_info, weights_file
 from eaq.paths import resolve_data_root
 from eaq.provenance import git_commit, sha256
+from eaq.train.distill import Teacher
 from eaq.train.export import manifest_entry, save_fp16, update_manifest
 from eaq.train.recipes import RECIPES, recipe_for
 from eaq.train.trainer import TrainData, bf16_supported, train
@@ -54,7 +55,8 @@ def add_parser(sub) -> None:
         default=None,
         metavar="KEY=VALUE",
         help="override any recipe field, e.g. weight_decay=1e-3, mixup=0.2, cutmix=1.0, "
-        "label_smoothing=0.0, randaugment=rand-m9-mstd0.5, swa_epochs=20 with swa_lr=0.05 "
+        "label_smoothing=0.0, randaugment=rand-m9-mstd0.5 (randaugment= with nothing after "
+        "the = turns it off), swa_epochs=20 with swa_lr=0.05 "
         "(stochastic weight averaging over the last 20 epochs); repeatable. The fields are "
         "those of the manifest's recipe",
     )
@@ -65,6 +67,20 @@ def add_parser(sub) -> None:
         help="start from these weights of the same model (a file, or `default`) instead of "
         "random ones: fine-tuning or a warm restart with the recipe's schedule; the file's "
         "sha256 and its manifest entry, when it has one, are recorded in the new manifest",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="MODEL",
+        help="distil from this trained model (DeiT's CNN teacher for a ViT, say): the loss "
+        "mixes the usual one with the teacher's top class, weight distill_alpha (0.5); "
+        "--recipe-option distill_type=soft (and distill_tau=T) for its tempered distribution",
+    )
+    p.add_argument(
+        "--teacher-weights",
+        default=None,
+        metavar="WEIGHTS",
+        help="the teacher's weights (a file, or `default`: its default weights)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
@@ -94,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if twice := sorted(set(options) & set(flags)):
         raise EaqError(f"{', '.join(twice)} given both as a flag and as --recipe-option")
     recipe = recipe_for(info.family, args.recipe).with_overrides(**options, **flags)
+    if args.teacher is None and (
+        args.teacher_weights or any(k.startswith("distill") for k in options)
+    ):
+        raise EaqError("--teacher-weights and the distill_* options need --teacher MODEL")
     check_positive("--train-limit", args.train_limit)
     check_positive("--eval-limit", args.eval_limit)
     out = Path(args.out or f"runs/train-{args.model}")
@@ -106,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     images, labels = _train_tensors(train_set, args.train_limit)
     model = create_model(args.model, weights=args.init or "random", data_root=root)
     init = _init_record(args.model, args.init, root)
+    teacher, taught_by = _teacher(args.teacher, args.teacher_weights, info, root)
     data = TrainData(images, labels, info.mean, info.std, info.num_classes)
     norm = dict(mean=info.mean, std=info.std, input_size=info.input_size)
 
@@ -118,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         f"training {args.model} on {dataset}: recipe {recipe.name}, {recipe.epochs} epochs, "
         f"batch {recipe.batch_size}, device {device}, bf16 {bf16}, run folder {out}"
         + (f", from {init['file']}" if init else "")
+        + (f", teacher {args.teacher} ({taught_by['file']})" if teacher else "")
     )
     start = time.perf_counter()
     history = train(
@@ -132,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         bf16=bf16,
         init_sha256=init["sha256"] if init else None,
+        teacher=teacher,
         log=log,
         progress=sys.stderr.isatty(),
     )
@@ -153,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "recipe": recipe.to_dict(),
             "epochs": recipe.epochs,
             "init": init,
+            "teacher": taught_by,
             "seed": args.seed,
             "train_images": len(labels),
             "top1": final.top1,
@@ -184,6 +208,25 @@ def _init_record(model: str, weights: str | None, root: Path) -> dict | None:
     path = weights_file(model, weights, root)
     digest = sha256(path)
     return {"file": path.name, "sha256": digest, "manifest": manifest_entry(path, digest)}
+
+
+def _teacher(
+    name: str | None, weights: str | None, student: ModelInfo, root: Path
+) -> tuple[Teacher | None, dict | None]:
+    """The teacher to distil from and its record for the manifest (None, None: no teacher)."""
+    if name is None:
+        return None, None
+    info = get_model_info(name)
+    for what in ("num_classes", "input_size"):
+        if getattr(info, what) != getattr(student, what):
+            raise EaqError(
+                f"teacher {name} has {what} {getattr(info, what)} but {student.name} has "
+                f"{getattr(student, what)}; the teacher must be a model of the same task"
+            )
+    weights = weights or "default"
+    record = {"model": name, **_init_record(name, weights, root)}
+    model = create_model(name, weights=weights, data_root=root)
+    return Teacher(model, info.mean, info.std, record["sha256"]), record
 
 
 def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,11 @@ class Recipe:
             training images, is the result (0: off). With ``swa_epochs == epochs`` the whole
             run is averaging, which suits a warm start (``eaq train --init``).
         swa_lr: the constant learning rate of the averaging epochs.
+        distill_alpha: with a teacher (``eaq train --teacher``), the weight of its term in the
+            loss; DeiT's 0.5 by default (no teacher: no distillation).
+        distill_type: ``hard`` (the teacher's top class, DeiT's choice) or ``soft`` (its
+            tempered distribution); see :mod:`eaq.train.distill`.
+        distill_tau: the temperature of ``soft`` distillation.
     """
 
     name: str
@@ -50,6 +55,9 @@ class Recipe:
     cutmix: float = 0.0
     swa_epochs: int = 0
     swa_lr: float = 0.0
+    distill_alpha: float = 0.5
+    distill_type: str = "hard"
+    distill_tau: float = 1.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -66,18 +74,39 @@ class Recipe:
             )
         if self.swa_epochs and self.swa_lr <= 0:
             raise EaqError(f"recipe swa_epochs={self.swa_epochs} needs swa_lr > 0, e.g. 0.05")
+        if not 0 <= self.distill_alpha <= 1:
+            raise EaqError(f"recipe distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_type not in ("hard", "soft"):
+            raise EaqError(f"unknown distill_type {self.distill_type!r}; valid: hard, soft")
+        if self.distill_tau <= 0:
+            raise EaqError(f"recipe distill_tau must be > 0, got {self.distill_tau}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, **overrides) -> Recipe:
-        """A copy with the given fields changed; None values are ignored.
-
-        A value must have the field's type (an int is taken for a float field).
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        """A recipe as ``to_dict`` stored it; fields added since then take their defaults.
 
         Examples:
-            >>> RECIPES["resnet_sgd"].with_overrides(mixup=0.2, epochs=None).mixup
+            >>> old = RECIPES["resnet_sgd"].to_dict()
+            >>> del old["distill_tau"]
+            >>> Recipe.from_dict(old) == RECIPES["resnet_sgd"]
+            True
+        """
+        return cls(**values)
+
+    def with_overrides(self, **overrides) -> Recipe:
+        """A copy with the given fields changed.
+
+        A value must have the field's type (an int is taken for a float field); None turns
+        ``randaugment`` off, and a RandAugment string must be one that timm reads.
+
+        Examples:
+            >>> RECIPES["resnet_sgd"].with_overrides(mixup=0.2).mixup
             0.2
+            >>> RECIPES["vit_adamw"].with_overrides(randaugment=None).randaugment is None
+            True
         """
         valid = {f.name for f in fields(self)}
         bad = sorted(set(overrides) - valid)
@@ -85,17 +114,33 @@ class Recipe:
             raise EaqError(f"unknown recipe field(s) {bad}; {choices_hint(sorted(valid))}")
         changes = {}
         for key, value in overrides.items():
-            if value is None:
-                continue
             current = getattr(self, key)
-            default = "" if current is None else current  # randaugment: a string or None
-            if not like_default(value, default):
+            if key == "randaugment":  # the one field that may be None (off)
+                changes[key] = _checked_randaugment(value)
+                continue
+            if not like_default(value, current):
                 raise EaqError(
-                    f"recipe {key} must be {type(default).__name__}, got {value!r} "
+                    f"recipe {key} must be {type(current).__name__}, got {value!r} "
                     f"({type(value).__name__})"
                 )
-            changes[key] = float(value) if isinstance(default, float) else value
+            changes[key] = float(value) if isinstance(current, float) else value
         return replace(self, **changes)
+
+
+def _checked_randaugment(value) -> str | None:
+    """A RandAugment string timm reads (``rand-m9-mstd0.5``), or None (off)."""
+    if value is None:
+        return None
+    hint = "a timm RandAugment string such as rand-m9-mstd0.5, or nothing (randaugment=) for off"
+    if not isinstance(value, str):
+        raise EaqError(f"recipe randaugment must be {hint}; got {value!r}")
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        rand_augment_transform(value, {})
+    except Exception:  # timm asserts on strings it cannot read
+        raise EaqError(f"recipe randaugment {value!r} is not {hint}") from None
+    return value
 
 
 RECIPES: dict[str, Recipe] = {

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from eaq.cli.common import parse_key_values
 from eaq.cli.main import main
 from eaq.errors import EaqError
 from eaq.models import create_model
@@ -100,6 +101,18 @@ def test_recipe_overrides_are_checked():
         r.with_overrides(swa_epochs=61, swa_lr=0.05)
     with pytest.raises(EaqError, match="needs swa_lr > 0"):
         r.with_overrides(swa_epochs=5)
+    with pytest.raises(EaqError, match="epochs must be int, got None"):
+        r.with_overrides(epochs=None)
+
+
+def test_randaugment_can_be_turned_off_and_is_checked():
+    vit = RECIPES["vit_adamw"]
+    off = parse_key_values("--recipe-option", ["randaugment="], "")  # as the CLI reads it
+    assert vit.randaugment and vit.with_overrides(**off).randaugment is None
+    assert vit.with_overrides(randaugment="rand-m5-n1").randaugment == "rand-m5-n1"
+    for bad in ("", "m9", 9):
+        with pytest.raises(EaqError, match="randaugment .*rand-m9-mstd0.5, or nothing"):
+            vit.with_overrides(randaugment=bad)
 
 
 def test_existing_run_needs_resume_and_the_same_model(tmp_path):
@@ -192,10 +205,16 @@ def test_train_cli_end_to_end_and_evaluate_of_its_checkpoint(tmp_path, capsys, d
     short = ["--epochs", "1", "--batch-size", "64", "--train-limit", "64", "--eval-limit", "8"]
     restart = tmp_path / "restart"
     train_args = ["train", *args, *short, "--bf16", "off", "--out", str(restart)]
-    assert main([*train_args, "--init", str(weights)]) == 0
-    init = json.loads((restart / "manifest.json").read_text())["resnet20_cifar"]["init"]
+    assert main([*train_args, "--init", str(weights), "--teacher", "resnet20_cifar"]) == 0
+    restarted = json.loads((restart / "manifest.json").read_text())["resnet20_cifar"]
+    init = restarted["init"]
     assert init["file"] == weights.name and init["sha256"] == manifest["sha256"]
     assert init["manifest"]["top1"] == manifest["top1"]
+    # ... and the teacher it was distilled from (here the shared pretrained ResNet-20)
+    assert restarted["teacher"]["model"] == "resnet20_cifar"
+    assert restarted["teacher"]["file"] == "resnet20_cifar10.th"
+    assert restarted["recipe"]["distill_alpha"] == 0.5
+    assert manifest["teacher"] is None
     # weights of another model are refused before any training
     capsys.readouterr()
     other = ["train", "--model", "resnet18_cifar", "--data-root", str(data_root), *short]
@@ -214,6 +233,10 @@ def test_train_cli_bad_input(capsys, data_root):
         (["--recipe-option", "mixupp=0.2"], "unknown recipe field"),
         (["--recipe-option", "mixup=[0.2"], "cannot read the value"),
         (["--recipe-option", "epochs=3", "--epochs", "4"], "epochs given both"),
+        (["--recipe-option", "distill_alpha=0.3"], "need --teacher MODEL"),
+        (["--teacher-weights", "t.pt"], "need --teacher MODEL"),
+        (["--teacher", "resnet20_cifar", "--recipe-option", "distill_type=mid"], "valid: hard"),
+        (["--teacher", "resnet18", "--data-root", str(data_root)], "num_classes 100 but"),
     ]:
         assert main(["train", "--model", "resnet20_cifar", *options]) == 2
         assert message in capsys.readouterr().err
@@ -236,3 +259,64 @@ def test_randaugment_posterize_at_full_magnitude_gives_a_black_image():
     images = torch.randint(0, 256, (256, 32, 32, 3), dtype=torch.uint8)
     out = RandAugment("rand-m9-mstd0.5-inc1", 32, (0.5, 0.5, 0.5))(images)
     assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def _teacher(sha="t1"):
+    from eaq.train.distill import Teacher
+
+    torch.manual_seed(7)
+    model = create_model("resnet20_cifar", weights="random")
+    return Teacher(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), sha)
+
+
+def test_distillation_resumes_exactly_and_needs_the_same_teacher(tmp_path):
+    straight = _train(tmp_path / "a", teacher=_teacher(), log=lambda msg: None)
+
+    def die(msg):
+        if msg.startswith("epoch 2/3"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(tmp_path / "b", teacher=_teacher(), log=die)
+    with pytest.raises(EaqError, match="teacher"):
+        _train(tmp_path / "b", teacher=_teacher("t2"), resume=True, log=lambda msg: None)
+    resumed = _train(tmp_path / "b", teacher=_teacher(), resume=True, log=lambda msg: None)
+    for (k, v), (_, w) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(v, w), k
+    # the teacher changes what is learnt; with weight 0 it changes nothing at all
+    plain = _train(tmp_path / "c", log=lambda msg: None)
+    unweighted = RECIPE.with_overrides(distill_alpha=0.0)
+    silent = _train(tmp_path / "d", recipe=unweighted, teacher=_teacher(), log=lambda msg: None)
+    assert not torch.equal(plain.conv1.weight, straight.conv1.weight)
+    assert torch.equal(plain.conv1.weight, silent.conv1.weight)
+
+
+def test_distillation_loss_by_hand():
+    from eaq.train.distill import distillation_loss
+
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    t = torch.tensor([[3.0, 1.0, 0.0], [0.5, 0.2, 0.1]])
+    usual = torch.tensor(1.5)
+    hard = RECIPE.with_overrides(distill_alpha=0.25)
+    ce = -(torch.log_softmax(s, 1)[0, 0] + torch.log_softmax(s, 1)[1, 0]) / 2  # teacher: class 0
+    torch.testing.assert_close(distillation_loss(s, t, usual, hard), 0.75 * usual + 0.25 * ce)
+    soft = RECIPE.with_overrides(distill_alpha=1.0, distill_type="soft", distill_tau=2.0)
+    p, q = torch.softmax(t / 2, 1), torch.softmax(s / 2, 1)
+    kl = (p * (p.log() - q.log())).sum(1).mean()
+    torch.testing.assert_close(distillation_loss(s, t, usual, soft), 4 * kl)
+
+
+def test_teacher_sees_inputs_in_its_own_normalisation():
+    from eaq.train.distill import Teacher
+
+    raw = torch.rand(2, 3, 4, 4)
+    student = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    teacher = Teacher(torch.nn.Identity(), (0.1, 0.2, 0.3), (0.5, 0.6, 0.7), "t")
+
+    def norm(x, mean, std):
+        return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+    seen = teacher.logits(norm(raw, *student), *student)
+    torch.testing.assert_close(seen, norm(raw, teacher.mean, teacher.std))
