@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         + (f", from {init['file']}" if init else "")
         + (f", teacher {args.teacher} ({taught_by['file']})" if teacher else "")
     )
+    commit = git_commit()  # the code that trains, not whatever is checked out at the end
     start = time.perf_counter()
     history = train(
         model,
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             "top1": final.top1,
             "top5": final.top5,
             "test_images": final.n_images,
-            "commit": git_commit(),
+            "commit": commit,
             "device": device,
             "bf16": bf16,
             "wall_seconds_this_session": time.perf_counter() - start,

@@ -112,18 +112,18 @@ class Recipe:
         bad = sorted(set(overrides) - valid)
         if bad:
             raise EaqError(f"unknown recipe field(s) {bad}; {choices_hint(sorted(valid))}")
+        declared = {f.name: f.type for f in fields(self)}  # "float", "int", ... (annotations)
         changes = {}
         for key, value in overrides.items():
-            current = getattr(self, key)
             if key == "randaugment":  # the one field that may be None (off)
                 changes[key] = _checked_randaugment(value)
                 continue
-            if not like_default(value, current):
+            kind = {"float": float, "int": int, "bool": bool, "str": str}[declared[key]]
+            if not like_default(value, kind()):
                 raise EaqError(
-                    f"recipe {key} must be {type(current).__name__}, got {value!r} "
-                    f"({type(value).__name__})"
+                    f"recipe {key} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
                 )
-            changes[key] = float(value) if isinstance(current, float) else value
+            changes[key] = float(value) if kind is float else value
         return replace(self, **changes)
 
 
@@ -154,7 +154,7 @@ RECIPES: dict[str, Recipe] = {
         epochs=60,
         batch_size=128,
         schedule="onecycle",
-        warmup_epochs=3,
+        warmup_epochs=3.0,
     ),
     # AdamW, warm-up + cosine, RandAugment, mixup/cutmix: DeiT's recipe (Touvron et al. 2021)
     # scaled to CIFAR (smaller batch, more epochs).
@@ -166,7 +166,7 @@ RECIPES: dict[str, Recipe] = {
         epochs=200,
         batch_size=128,
         schedule="cosine",
-        warmup_epochs=10,
+        warmup_epochs=10.0,
         randaugment="rand-m9-mstd0.5-inc1",
         mixup=0.8,
         cutmix=1.0,

@@ -93,6 +93,7 @@ def test_swa_averages_the_last_epochs_at_a_constant_rate(tmp_path):
 def test_recipe_overrides_are_checked():
     r = RECIPES["resnet_sgd"]
     assert r.with_overrides(weight_decay=1).weight_decay == 1.0  # an int for a float field
+    assert r.with_overrides(warmup_epochs=0.5).warmup_epochs == 0.5  # its field's type counts
     with pytest.raises(EaqError, match="weight_decay must be float"):
         r.with_overrides(weight_decay="lots")
     with pytest.raises(EaqError, match="unknown recipe field.*swa_epoch'.*valid"):
