@@ -121,12 +121,13 @@ def run(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = {"on": True, "off": False, "auto": device == "cuda" or bf16_supported()}[args.bf16]
 
+    # the weights files first: a bad one is named before any data is loaded
+    init = _init_record("--init", args.model, args.init, root)
+    teacher, taught_by = _teacher(args.teacher, args.teacher_weights, info, root)
     train_set = load_dataset(dataset, "train", root)
     test_set = load_dataset(dataset, "test", root)
     images, labels = _train_tensors(train_set, args.train_limit)
     model = create_model(args.model, weights=args.init or "random", data_root=root)
-    init = _init_record(args.model, args.init, root)
-    teacher, taught_by = _teacher(args.teacher, args.teacher_weights, info, root)
     data = TrainData(images, labels, info.mean, info.std, info.num_classes)
     norm = dict(mean=info.mean, std=info.std, input_size=info.input_size)
 
@@ -202,11 +203,14 @@ def _flags(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _init_record(model: str, weights: str | None, root: Path) -> dict | None:
-    """What a run started from: file, sha256 and the file's manifest entry (None: random)."""
+def _init_record(flag: str, model: str, weights: str | None, root: Path) -> dict | None:
+    """The weights file ``flag`` names: file, sha256 and the file's manifest entry (None:
+    not given)."""
     if weights is None:
         return None
     path = weights_file(model, weights, root)
+    if path is None:  # random or online-pretrained: nothing to record, nothing to learn from
+        raise EaqError(f"{flag} {weights!r}: give a weights file or `default`")
     digest = sha256(path)
     return {"file": path.name, "sha256": digest, "manifest": manifest_entry(path, digest)}
 
@@ -225,7 +229,7 @@ def _teacher(
                 f"{getattr(student, what)}; the teacher must be a model of the same task"
             )
     weights = weights or "default"
-    record = {"model": name, **_init_record(name, weights, root)}
+    record = {"model": name, **_init_record("--teacher-weights", name, weights, root)}
     model = create_model(name, weights=weights, data_root=root)
     return Teacher(model, info.mean, info.std, record["sha256"]), record
 

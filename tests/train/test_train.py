@@ -236,6 +236,8 @@ def test_train_cli_bad_input(capsys, data_root):
         (["--recipe-option", "epochs=3", "--epochs", "4"], "epochs given both"),
         (["--recipe-option", "distill_alpha=0.3"], "need --teacher MODEL"),
         (["--teacher-weights", "t.pt"], "need --teacher MODEL"),
+        (["--teacher", "resnet20_cifar", "--teacher-weights", "random"], "a weights file or"),
+        (["--init", "random"], "--init 'random': give a weights file or `default`"),
         (["--teacher", "resnet20_cifar", "--recipe-option", "distill_type=mid"], "valid: hard"),
         (["--teacher", "resnet18", "--data-root", str(data_root)], "num_classes 100 but"),
     ]:
