@@ -115,7 +115,7 @@ class Recipe:
         declared = {f.name: f.type for f in fields(self)}  # "float", "int", ... (annotations)
         changes = {}
         for key, value in overrides.items():
-            if key == "randaugment":  # the one field that may be None (off)
+            if declared[key] == "str | None":  # randaugment: a timm string, or None (off)
                 changes[key] = _checked_randaugment(value)
                 continue
             kind = {"float": float, "int": int, "bool": bool, "str": str}[declared[key]]
