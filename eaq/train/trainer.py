@@ -106,7 +106,8 @@ def train(
 
     ``init_sha256`` names the weights ``model`` starts from (None: random); a resume must
     name the same, and the same ``teacher`` (distillation, :mod:`eaq.train.distill`). Returns
-    the per-epoch history (loss, train accuracy, test accuracy, seconds).
+    the per-epoch history (loss, train accuracy, test accuracy, seconds). ``log`` gets a line
+    per epoch and, when there is no ``progress`` bar, one every tenth of an epoch.
     """
     out_dir = Path(out_dir)
     try:
@@ -188,6 +189,8 @@ def train(
         else None
     )
 
+    # without a progress bar (a log file), a line every tenth of an epoch instead
+    report_every = max(1, steps_per_epoch // 10)
     for epoch in range(first_epoch, recipe.epochs):
         t0 = time.perf_counter()
         s = epoch_seed(seed, epoch)
@@ -228,6 +231,12 @@ def train(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if not progress and (i + 1) % report_every == 0 and i + 1 < steps_per_epoch:
+                took = time.perf_counter() - t0
+                log(
+                    f"  epoch {epoch + 1}/{recipe.epochs} step {i + 1}/{steps_per_epoch}: "
+                    f"loss {loss_sum / seen:.3f} ({took:.0f} s, {took / (i + 1):.2f} s a step)"
+                )
         bar.close()
         averaging = swa is not None and epoch >= swa_start
         if averaging:

@@ -90,6 +90,18 @@ def test_swa_averages_the_last_epochs_at_a_constant_rate(tmp_path):
     torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0))
 
 
+def test_log_without_a_progress_bar_has_lines_within_each_epoch(tmp_path):
+    lines = []
+    _train(tmp_path, log=lines.append)  # 3 epochs of 3 steps: a line after steps 1 and 2
+    steps = [m.split(":")[0] for m in lines if m.startswith("  ")]
+    assert steps == [f"  epoch {e}/3 step {i}/3" for e in (1, 2, 3) for i in (1, 2)]
+    assert [m.split(":")[0] for m in lines if not m.startswith("  ")] == [
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]
+
+
 def test_recipe_overrides_are_checked():
     r = RECIPES["resnet_sgd"]
     assert r.with_overrides(weight_decay=1).weight_decay == 1.0  # an int for a float field
