@@ -33,6 +33,8 @@ def test_resnet20_full_test_set_fp32_and_w8a8(capsys, data_root):
     assert r["n_images"] == 10_000
     assert r["fp32_top1"] == pytest.approx(91.70, abs=0.05)
     assert abs(r["quant_top1"] - r["fp32_top1"]) <= 0.3
+    assert r["delta_top1"] == pytest.approx(r["quant_top1"] - r["fp32_top1"], abs=1e-9)
+    assert len(str(r["delta_top1"]).partition(".")[2]) <= 4  # no floating-point tail
     assert r["w_bits"] == 8 and r["a_bits"] == 8
     assert r["n_quantized_layers"] == 20
     assert r["provenance"]["weights_sha256"].startswith("12fca82f")
