@@ -1,4 +1,4 @@
-"""``eaq train``: train an FP32 reference model, with a checkpoint every epoch and --resume."""
+"""``eaq train``: train an FP32 reference model, with checkpoints and an exact --resume."""
 
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ from eaq.train.trainer import TrainData, bf16_supported, train
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train an FP32 reference model (checkpoint every epoch, --resume)",
+        help="train an FP32 reference model (checkpoints within epochs, exact --resume)",
         description=(
             "Train a registered model, from scratch or from --init weights, with a standard "
             "recipe (ResNets: SGD + one-cycle, crop/flip, label smoothing; ViTs: AdamW + "
             "warm-up/cosine, RandAugment, mixup/cutmix); --recipe-option changes any field, "
             "e.g. stochastic weight averaging over the last epochs. A checkpoint is written "
-            "after every epoch; --resume continues a killed run exactly. At the end the weights "
+            "after every epoch and every few minutes within one; --resume continues a killed "
+            "run exactly, from the step it last saved. At the end the weights "
             "are saved as fp16 safetensors with a manifest entry whose accuracy is measured on "
             "the whole test set. Uses a GPU when there is one."
         ),
@@ -82,6 +83,14 @@ def add_parser(sub) -> None:
         metavar="WEIGHTS",
         help="the teacher's weights (a file, or `default`: its default weights)",
     )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        metavar="M",
+        help="within an epoch, write a checkpoint once M minutes have passed since the last "
+        "(default 5; 0: after every step); there is always one at the end of each epoch",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
     p.add_argument(
@@ -116,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         raise EaqError("--teacher-weights and the distill_* options need --teacher MODEL")
     check_positive("--train-limit", args.train_limit)
     check_positive("--eval-limit", args.eval_limit)
+    if not args.checkpoint_minutes >= 0:  # NaN too
+        raise EaqError(f"--checkpoint-minutes must be >= 0, got {args.checkpoint_minutes}")
     out = Path(args.out or f"runs/train-{args.model}")
     root = resolve_data_root(args.data_root)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=bf16,
         init_sha256=init["sha256"] if init else None,
         teacher=teacher,
+        checkpoint_seconds=60 * args.checkpoint_minutes,
         log=log,
         progress=sys.stderr.isatty(),
     )

@@ -1,8 +1,10 @@
-"""The training loop: seeded per epoch, a checkpoint after every epoch, exact resume.
+"""The training loop: seeded per epoch, a checkpoint after every epoch and within it, exact resume.
 
 Every epoch reseeds torch, numpy and random from ``(seed, epoch)`` and draws its shuffle and
 augmentations from a generator seeded the same way. A run resumed from the checkpoint of epoch
-``k`` therefore repeats epochs ``k+1..`` exactly as an uninterrupted run would.
+``k`` therefore repeats epochs ``k+1..`` exactly as an uninterrupted run would. A checkpoint
+written within an epoch (every ``checkpoint_seconds``) also holds the step and the states of
+the random number generators, so a run killed mid-epoch resumes at that step, exactly too.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def train(
     bf16: bool = False,
     init_sha256: str | None = None,
     teacher: Teacher | None = None,
+    checkpoint_seconds: float = 300.0,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -106,8 +109,10 @@ def train(
 
     ``init_sha256`` names the weights ``model`` starts from (None: random); a resume must
     name the same, and the same ``teacher`` (distillation, :mod:`eaq.train.distill`). Returns
-    the per-epoch history (loss, train accuracy, test accuracy, seconds). ``log`` gets a line
-    per epoch and, when there is no ``progress`` bar, one every tenth of an epoch.
+    the per-epoch history (loss, train accuracy, test accuracy, seconds). Besides the
+    checkpoint after every epoch, one is written within an epoch once ``checkpoint_seconds``
+    have passed since the last. ``log`` gets a line per epoch and, when there is no
+    ``progress`` bar, one every tenth of an epoch.
     """
     out_dir = Path(out_dir)
     try:
@@ -145,6 +150,7 @@ def train(
     swa = AveragedModel(model) if recipe.swa_epochs else None
     history: list[dict] = []
     first_epoch = 0
+    partial = None  # where a checkpoint written within an epoch left off
     if ckpt_path.exists():
         if not resume:
             raise EaqError(
@@ -170,7 +176,33 @@ def train(
             swa.load_state_dict(state["swa"])
         history = state["history"]
         first_epoch = state["epoch"]
-        log(f"resuming {model_name} after epoch {first_epoch}/{recipe.epochs}")
+        partial = state.get("partial")
+        log(
+            f"resuming {model_name} after epoch {first_epoch}/{recipe.epochs}"
+            + (f", step {partial['step']}/{steps_per_epoch}" if partial else "")
+        )
+
+    def save(epoch_done: int, partial: dict | None = None) -> None:
+        """Write the checkpoint after ``epoch_done`` whole epochs (and ``partial``'s steps)."""
+        state = {
+            "model_name": model_name,
+            "recipe": recipe.to_dict(),
+            "seed": seed,
+            "init_sha256": init_sha256,
+            "teacher_sha256": teacher_sha256,
+            "epoch": epoch_done,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": history,
+        }
+        if swa is not None and epoch_done > swa_start:  # the average holds an epoch or more
+            state["swa"] = swa.state_dict()
+        if partial is not None:
+            state["partial"] = partial
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)
 
     mixup = None
     if recipe.mixup > 0 or recipe.cutmix > 0:
@@ -192,15 +224,24 @@ def train(
     # without a progress bar (a log file), a line every tenth of an epoch instead
     report_every = max(1, steps_per_epoch // 10)
     for epoch in range(first_epoch, recipe.epochs):
-        t0 = time.perf_counter()
+        t0 = last_save = time.perf_counter()
         s = epoch_seed(seed, epoch)
         seed_everything(s)
         g = torch.Generator().manual_seed(s)
         order = torch.randperm(len(data.labels), generator=g)
         model.train()
         loss_sum = correct = seen = 0.0
+        first_step = 0
+        if partial is not None:  # resume within this epoch
+            first_step = partial["step"]
+            loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+            t0 -= partial["seconds"]
+            _set_rng_states(partial["rng"], g)
+            partial = None
         bar = tqdm(
-            range(steps_per_epoch),
+            range(first_step, steps_per_epoch),
+            initial=first_step,
+            total=steps_per_epoch,
             desc=f"epoch {epoch + 1}/{recipe.epochs}",
             disable=not progress,
             leave=False,
@@ -231,6 +272,20 @@ def train(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            now = time.perf_counter()
+            if now - last_save >= checkpoint_seconds and i + 1 < steps_per_epoch:
+                save(
+                    epoch,
+                    {
+                        "step": i + 1,
+                        "loss_sum": loss_sum,
+                        "correct": correct,
+                        "seen": seen,
+                        "seconds": now - t0,
+                        "rng": _rng_states(g),
+                    },
+                )
+                last_save = time.perf_counter()
             if not progress and (i + 1) % report_every == 0 and i + 1 < steps_per_epoch:
                 took = time.perf_counter() - t0
                 log(
@@ -252,23 +307,7 @@ def train(
             row.update(test_top1=result.top1, test_top5=result.top5, test_images=result.n_images)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        state = {
-            "model_name": model_name,
-            "recipe": recipe.to_dict(),
-            "seed": seed,
-            "init_sha256": init_sha256,
-            "teacher_sha256": teacher_sha256,
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "history": history,
-        }
-        if averaging:  # before the first averaged epoch the average holds nothing
-            state["swa"] = swa.state_dict()
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt_path)
+        save(epoch + 1)
         with open(out_dir / LOG, "a") as f:
             f.write(json.dumps(row) + "\n")
         log(
@@ -288,6 +327,29 @@ def train(
     if teacher is not None:
         teacher.model.to(memory_format=torch.contiguous_format)
     return history
+
+
+def _rng_states(g: torch.Generator) -> dict:
+    """The states of every random number generator a training step draws from."""
+    states = {
+        "generator": g.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict, g: torch.Generator) -> None:
+    # the states are CPU byte tensors, whatever map_location the checkpoint was loaded with
+    g.set_state(states["generator"].cpu())
+    torch.set_rng_state(states["torch"].cpu())
+    np.random.set_state(states["numpy"])
+    random.setstate(states["random"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all([t.cpu() for t in states["cuda"]])
 
 
 def _take_average(

@@ -29,6 +29,8 @@ def _train(out, recipe=RECIPE, **kw):
 
 
 SWA = RECIPE.with_overrides(swa_epochs=2, swa_lr=0.02)
+# the ViT recipe's augmentations, which draw from numpy's and Python's generators
+MIXED = RECIPE.with_overrides(mixup=0.8, cutmix=1.0, randaugment="rand-m9-mstd0.5")
 
 
 class Killed(Exception):
@@ -36,27 +38,48 @@ class Killed(Exception):
 
 
 @pytest.mark.parametrize(
-    ("recipe", "killed_after"),
-    [(RECIPE, 2), (SWA, 1), (SWA, 2)],
-    ids=["plain", "swa-before-averaging", "swa-one-epoch-averaged"],
+    ("recipe", "killed_at", "checkpoint"),
+    [
+        (RECIPE, "epoch 2/3:", (2, None)),
+        (RECIPE, "  epoch 2/3 step 1/3:", (1, 1)),
+        (SWA, "epoch 1/3:", (1, None)),
+        (SWA, "epoch 2/3:", (2, None)),
+        (SWA, "  epoch 3/3 step 2/3:", (2, 2)),
+        (MIXED, "  epoch 2/3 step 2/3:", (1, 2)),
+    ],
+    ids=[
+        "plain",
+        "plain-mid-epoch",
+        "swa-before-averaging",
+        "swa-one-epoch-averaged",
+        "swa-mid-epoch-averaged",
+        "mixup-randaugment-mid-epoch",
+    ],
 )
-def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, recipe, killed_after):
+def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, recipe, killed_at, checkpoint):
     straight = _train(tmp_path / "a", recipe=recipe, log=lambda msg: None)
 
     def die(msg):
-        if msg.startswith(f"epoch {killed_after}/3"):  # logged after the checkpoint was written
+        if msg.startswith(killed_at):  # logged after the checkpoint was written
             raise Killed
 
-    with pytest.raises(Killed):
-        _train(tmp_path / "b", recipe=recipe, log=die)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == killed_after
-    resumed = _train(tmp_path / "b", recipe=recipe, resume=True, log=lambda msg: None)
+    with pytest.raises(Killed):  # a checkpoint after every step
+        _train(tmp_path / "b", recipe=recipe, log=die, checkpoint_seconds=0)
+    state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)
+    assert (state["epoch"], state.get("partial", {}).get("step")) == checkpoint
+    messages = []
+    resumed = _train(tmp_path / "b", recipe=recipe, resume=True, log=messages.append)
+    assert messages[0].endswith(f"step {checkpoint[1]}/3" if checkpoint[1] else "/3")
     for (k, v), (_, w) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         assert torch.equal(v, w), k
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in log] == [1, 2, 3]
+    straight_log = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    for row, other in zip(log, map(json.loads, straight_log), strict=True):
+        assert row["train_loss"] == pytest.approx(other["train_loss"], rel=1e-12)
+        assert row["train_top1"] == other["train_top1"]
 
 
 def test_swa_averages_the_last_epochs_at_a_constant_rate(tmp_path):
@@ -252,6 +275,7 @@ def test_train_cli_bad_input(capsys, data_root):
         (["--init", "random"], "--init 'random': give a weights file or `default`"),
         (["--teacher", "resnet20_cifar", "--recipe-option", "distill_type=mid"], "valid: hard"),
         (["--teacher", "resnet18", "--data-root", str(data_root)], "num_classes 100 but"),
+        (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0, got -1.0"),
     ]:
         assert main(["train", "--model", "resnet20_cifar", *options]) == 2
         assert message in capsys.readouterr().err
