@@ -182,8 +182,8 @@ def train(
             + (f", step {partial['step']}/{steps_per_epoch}" if partial else "")
         )
 
-    def save(epoch_done: int, partial: dict | None = None) -> None:
-        """Write the checkpoint after ``epoch_done`` whole epochs (and ``partial``'s steps)."""
+    def save(epoch_done: int, within: dict | None = None) -> None:
+        """Write the checkpoint after ``epoch_done`` whole epochs (and ``within``'s steps)."""
         state = {
             "model_name": model_name,
             "recipe": recipe.to_dict(),
@@ -198,8 +198,8 @@ def train(
         }
         if swa is not None and epoch_done > swa_start:  # the average holds an epoch or more
             state["swa"] = swa.state_dict()
-        if partial is not None:
-            state["partial"] = partial
+        if within is not None:
+            state["partial"] = within
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, ckpt_path)
