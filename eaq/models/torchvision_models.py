@@ -62,8 +62,9 @@ def resnet18(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        # trained here, 8 epochs on a 2-core CPU (not yet the full run): `eaq train --model
-        # resnet18_cifar --epochs 8 --recipe-option warmup_epochs=2 --export checkpoints`
+        # trained here on a 2-core CPU in one-session steps (not yet a full schedule): 8 epochs
+        # of one-cycle, then a 5-epoch warm restart from them (`--init default --epochs 5 --lr
+        # 0.05 --recipe-option warmup_epochs=1`); the manifest's `init` holds each step
         default_weights="checkpoints/resnet18_cifar_cifar100.safetensors",
     )
 )

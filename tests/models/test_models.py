@@ -103,8 +103,8 @@ def test_unknown_model_lists_names():
 
 
 def test_no_default_weights_says_what_to_pass():
-    with pytest.raises(EaqError, match="no default weights for deit_tiny_cifar.*--weights PATH"):
-        create_model("deit_tiny_cifar", weights="default")
+    with pytest.raises(EaqError, match="no default weights for deit_tiny.*--weights PATH"):
+        create_model("deit_tiny", weights="default")
 
 
 def test_default_weights_missing_file_says_where(tmp_path):
