@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -21,6 +22,11 @@ def save_fp16(model: nn.Module, path: Path) -> str:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
+    # safetensors creates the file owner-only (0600) whatever the umask; give it the mode any
+    # other new file gets, so that a checkpoint exported to a shared folder can be read there
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
     return sha256(path)
 
 

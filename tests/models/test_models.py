@@ -103,7 +103,7 @@ def test_unknown_model_lists_names():
 
 
 def test_no_default_weights_says_what_to_pass():
-    with pytest.raises(EaqError, match="no default weights for deit_tiny.*--weights PATH"):
+    with pytest.raises(EaqError, match="no default weights for deit_tiny; .*--weights PATH"):
         create_model("deit_tiny", weights="default")
 
 

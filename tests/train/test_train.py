@@ -8,6 +8,7 @@ from eaq.cli.common import parse_key_values
 from eaq.cli.main import main
 from eaq.errors import EaqError
 from eaq.models import create_model
+from eaq.train.export import save_fp16
 from eaq.train.recipes import RECIPES
 from eaq.train.trainer import CHECKPOINT, TrainData, lr_factor, train
 
@@ -359,3 +360,18 @@ def test_teacher_sees_inputs_in_its_own_normalisation():
 
     seen = teacher.logits(norm(raw, *student), *student)
     torch.testing.assert_close(seen, norm(raw, teacher.mean, teacher.std))
+
+
+def test_saved_checkpoint_is_fp16_and_has_the_usual_file_mode(tmp_path):
+    import os
+
+    from safetensors.torch import load_file
+
+    umask = os.umask(0o027)
+    try:
+        path = tmp_path / "out" / "m.safetensors"
+        save_fp16(torch.nn.Linear(3, 2), path)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640  # not safetensors' owner-only 0600
+    assert {t.dtype for t in load_file(path).values()} == {torch.float16}
