@@ -12,6 +12,7 @@ could afford.
 Examples:
     >>> from eaq.models import create_model
     >>> from eaq.plan import Plan
+    >>> _ = torch.manual_seed(0)  # unseeded, a random ResNet-20 can give 0 at both widths
     >>> model = create_model("resnet20_cifar")
     >>> batches = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
     >>> score = PlanScorer(model, calib=batches, held_out=batches)

@@ -37,6 +37,7 @@ and its attention modules are made explicit (:class:`~eaq.nn.QuantMatMul`, unqua
 
 Examples:
     >>> from eaq.models import create_model
+    >>> _ = torch.manual_seed(0)
     >>> model = create_model("resnet20_cifar")
     >>> calib = [(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))]
     >>> s = layer_sensitivity(model, calib, [(4, 4), (8, 8)])
