@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from eaq.provenance import sha256
@@ -21,12 +20,9 @@ def save_fp16(model: nn.Module, path: Path) -> str:
         for k, v in model.state_dict().items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    # safetensors creates the file owner-only (0600) whatever the umask; give it the mode any
-    # other new file gets, so that a checkpoint exported to a shared folder can be read there
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
+    # written by Python, not by safetensors' save_file, which creates the file owner-only
+    # (0600) whatever the umask: an export to a shared folder must be readable there
+    path.write_bytes(save(state))
     return sha256(path)
 
 

@@ -1,8 +1,10 @@
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from eaq.cli.common import parse_key_values
 from eaq.cli.main import main
@@ -363,10 +365,6 @@ def test_teacher_sees_inputs_in_its_own_normalisation():
 
 
 def test_saved_checkpoint_is_fp16_and_has_the_usual_file_mode(tmp_path):
-    import os
-
-    from safetensors.torch import load_file
-
     umask = os.umask(0o027)
     try:
         path = tmp_path / "out" / "m.safetensors"
