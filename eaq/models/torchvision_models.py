@@ -63,8 +63,8 @@ def resnet18(num_classes: int, input_size: int) -> nn.Module:
         std=CIFAR100_STD,
         default_dataset="cifar100",
         # trained here on a 2-core CPU in one-session steps (not yet a full schedule): 8 epochs
-        # of one-cycle, then a 5-epoch warm restart from them (`--init default --epochs 5 --lr
-        # 0.05 --recipe-option warmup_epochs=1`); the manifest's `init` holds each step
+        # of one-cycle, then warm restarts from them (`--init default --lr 0.05 --recipe-option
+        # warmup_epochs=1`, 5 then 11 epochs); the manifest's `init` holds each step
         default_weights="checkpoints/resnet18_cifar_cifar100.safetensors",
     )
 )
