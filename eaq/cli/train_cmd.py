@@ -17,7 +17,7 @@ from eaq.models import ModelInfo, create_model, get_model_info, weights_file
 from eaq.paths import resolve_data_root
 from eaq.provenance import git_commit, sha256
 from eaq.train.distill import Teacher
-from eaq.train.export import manifest_entry, save_fp16, update_manifest
+from eaq.train.export import ancestry, save_fp16, update_manifest
 from eaq.train.recipes import RECIPES, recipe_for
 from eaq.train.trainer import TrainData, bf16_supported, train
 
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     bf16 = {"on": True, "off": False, "auto": device == "cuda" or bf16_supported()}[args.bf16]
 
     # the weights files first: a bad one is named before any data is loaded
-    init = _init_record("--init", args.model, args.init, root)
-    teacher, taught_by = _teacher(args.teacher, args.teacher_weights, info, root)
+    init, init_entries = _init_record("--init", args.model, args.init, root)
+    teacher, taught_by, teacher_entries = _teacher(args.teacher, args.teacher_weights, info, root)
     train_set = load_dataset(dataset, "train", root)
     test_set = load_dataset(dataset, "test", root)
     images, labels = _train_tensors(train_set, args.train_limit)
@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             "wall_seconds_this_session": time.perf_counter() - start,
             "epoch_seconds_total": sum(row["seconds"] for row in history),
         },
+        earlier=init_entries | teacher_entries,
     )
     log(
         f"final: top-1 {final.top1:.2f}% top-5 {final.top5:.2f}% on {final.n_images} images; "
@@ -215,24 +216,27 @@ def _flags(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _init_record(flag: str, model: str, weights: str | None, root: Path) -> dict | None:
-    """The weights file ``flag`` names: file, sha256 and the file's manifest entry (None:
-    not given)."""
+def _init_record(
+    flag: str, model: str, weights: str | None, root: Path
+) -> tuple[dict | None, dict[str, dict]]:
+    """The weights file ``flag`` names as a manifest record (file and sha256; None: not
+    given), and the manifest entries beside it of that file and of those it came from."""
     if weights is None:
-        return None
+        return None, {}
     path = weights_file(model, weights, root)
     if path is None:  # random or online-pretrained: nothing to record, nothing to learn from
         raise EaqError(f"{flag} {weights!r}: give a weights file or `default`")
     digest = sha256(path)
-    return {"file": path.name, "sha256": digest, "manifest": manifest_entry(path, digest)}
+    return {"file": path.name, "sha256": digest}, ancestry(path, digest)
 
 
 def _teacher(
     name: str | None, weights: str | None, student: ModelInfo, root: Path
-) -> tuple[Teacher | None, dict | None]:
-    """The teacher to distil from and its record for the manifest (None, None: no teacher)."""
+) -> tuple[Teacher | None, dict | None, dict[str, dict]]:
+    """The teacher to distil from, its record for the manifest and the manifest entries it came
+    from, as `_init_record` gives them (None, None, {}: no teacher)."""
     if name is None:
-        return None, None
+        return None, None, {}
     info = get_model_info(name)
     for what in ("num_classes", "input_size"):
         if getattr(info, what) != getattr(student, what):
@@ -241,9 +245,10 @@ def _teacher(
                 f"{getattr(student, what)}; the teacher must be a model of the same task"
             )
     weights = weights or "default"
-    record = {"model": name, **_init_record("--teacher-weights", name, weights, root)}
+    record, entries = _init_record("--teacher-weights", name, weights, root)
+    record = {"model": name, **record}
     model = create_model(name, weights=weights, data_root=root)
-    return Teacher(model, info.mean, info.std, record["sha256"]), record
+    return Teacher(model, info.mean, info.std, record["sha256"]), record, entries
 
 
 def _train_tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from eaq.cli.common import parse_key_values
 from eaq.cli.main import main
 from eaq.errors import EaqError
 from eaq.models import create_model
-from eaq.train.export import save_fp16
+from eaq.train.export import load_manifest, read_manifest, save_fp16
 from eaq.train.recipes import RECIPES
 from eaq.train.trainer import CHECKPOINT, TrainData, lr_factor, train
 
@@ -215,7 +215,7 @@ def test_train_cli_end_to_end_and_evaluate_of_its_checkpoint(tmp_path, capsys, d
         ]
     )
     assert code == 0
-    manifest = json.loads((out / "manifest.json").read_text())["resnet20_cifar"]
+    manifest = read_manifest(out)["resnet20_cifar"]
     weights = out / manifest["file"]
     assert weights.suffix == ".safetensors" and manifest["test_images"] == 10_000
     assert manifest["bf16"] is False and manifest["device"] == "cpu"
@@ -245,10 +245,10 @@ def test_train_cli_end_to_end_and_evaluate_of_its_checkpoint(tmp_path, capsys, d
     restart = tmp_path / "restart"
     train_args = ["train", *args, *short, "--bf16", "off", "--out", str(restart)]
     assert main([*train_args, "--init", str(weights), "--teacher", "resnet20_cifar"]) == 0
-    restarted = json.loads((restart / "manifest.json").read_text())["resnet20_cifar"]
+    restarted = read_manifest(restart)["resnet20_cifar"]
     init = restarted["init"]
-    assert init["file"] == weights.name and init["sha256"] == manifest["sha256"]
-    assert init["manifest"]["top1"] == manifest["top1"]
+    assert init == {"file": weights.name, "sha256": manifest["sha256"]}
+    assert load_manifest(restart)["earlier"] == {manifest["sha256"]: manifest}
     # ... and the teacher it was distilled from (here the shared pretrained ResNet-20)
     assert restarted["teacher"]["model"] == "resnet20_cifar"
     assert restarted["teacher"]["file"] == "resnet20_cifar10.th"
