@@ -82,7 +82,7 @@ def test_shape_mismatch_is_named(resnet20_path):
 # measures it).
 TRAINED = {
     "resnet18": (62.89, 63.5),
-    "resnet18_cifar": (74.26, 72.9),
+    "resnet18_cifar": (74.85, 74.2),
     "deit_tiny_cifar": (60.59, 58.5),
 }
 
