@@ -82,7 +82,7 @@ def test_shape_mismatch_is_named(resnet20_path):
 # measures it).
 TRAINED = {
     "resnet18": (62.89, 63.5),
-    "resnet18_cifar": (74.85, 74.2),
+    "resnet18_cifar": (75.44, 74.6),
     "deit_tiny_cifar": (60.59, 58.5),
 }
 
