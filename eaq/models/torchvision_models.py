@@ -62,11 +62,9 @@ def resnet18(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        # trained here on a 2-core CPU in one-session steps (not yet a full schedule): 8 epochs
-        # of one-cycle, then warm restarts from them (`--init default --lr 0.05 --recipe-option
-        # warmup_epochs=1`, 5 then 11 epochs), then 5 epochs distilled from itself (soft, tau 4,
-        # `--lr 0.04`), then 10 more so with CutMix (`--lr 0.05`), then 14 and 12 more, each
-        # from and distilled from the file before; the manifest's `earlier` table holds each step
+        # trained here on a 2-core CPU in one-session warm-restart steps (not yet a full
+        # schedule), the last three distilled from the file before with CutMix (README, FP32
+        # reference; the manifest's `earlier` table has each step's recipe)
         default_weights="checkpoints/resnet18_cifar_cifar100.safetensors",
     )
 )
