@@ -159,13 +159,21 @@ class Plan:
         default: the config of layers no rule names (None: leave them in float).
         rules: ordered ``(key, config)`` pairs; a key is an exact layer name or ``"re:<regex>"``.
         first_last_8bit: keep the first and last weight layer at 8 bits (the seed's policy).
+        quantize_outputs: also quantize the output of each conv/linear layer whose output no
+            quantized layer reads next (through BatchNorm, ReLU, dropout): a residual branch
+            before its add, a conv before pooling. At its input width. Integer deployment
+            needs these (:func:`eaq.nn.open_outputs` finds them); the logits stay float.
     """
 
     default: LayerConfig | None = field(default_factory=LayerConfig)
     rules: tuple[tuple[str, LayerConfig | None], ...] = ()
     first_last_8bit: bool = True
+    quantize_outputs: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("first_last_8bit", "quantize_outputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise EaqError(f"plan {name} must be true or false, got {getattr(self, name)!r}")
         for key, _ in self.rules:
             if key.startswith("re:"):
                 try:
@@ -188,6 +196,7 @@ class Plan:
         first_last_8bit: bool = True,
         softmax_quantizer: str = "uniform",
         gelu_quantizer: str = "uniform",
+        quantize_outputs: bool = False,
     ) -> Plan:
         """Every layer at the same widths."""
         cfg = LayerConfig(
@@ -200,7 +209,7 @@ class Plan:
             softmax_quantizer=softmax_quantizer,
             gelu_quantizer=gelu_quantizer,
         )
-        return cls(default=cfg, first_last_8bit=first_last_8bit)
+        return cls(default=cfg, first_last_8bit=first_last_8bit, quantize_outputs=quantize_outputs)
 
     def lookup(self, name: str) -> LayerConfig | None:
         """The config the rules give ``name``, before the first/last policy."""
@@ -238,11 +247,14 @@ class Plan:
         return resolved
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "default": _config_to_json(self.default),
             "rules": [[key, _config_to_json(cfg)] for key, cfg in self.rules],
             "first_last_8bit": self.first_last_8bit,
         }
+        if self.quantize_outputs:  # written only when on: older plans keep their JSON
+            d["quantize_outputs"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
@@ -250,11 +262,10 @@ class Plan:
             raise EaqError(
                 "a plan must be a JSON object with 'default', 'rules', 'first_last_8bit'"
             )
-        unknown = set(d) - {"default", "rules", "first_last_8bit"}
+        fields_ = ("default", "rules", "first_last_8bit", "quantize_outputs")
+        unknown = set(d) - set(fields_)
         if unknown:
-            raise EaqError(
-                f"unknown plan field(s) {sorted(unknown)}; valid: default, rules, first_last_8bit"
-            )
+            raise EaqError(f"unknown plan field(s) {sorted(unknown)}; valid: {', '.join(fields_)}")
         try:
             rules = tuple((str(k), _config_from_json(c)) for k, c in d.get("rules", []))
         except (TypeError, ValueError) as e:
@@ -262,7 +273,8 @@ class Plan:
         return cls(
             default=_config_from_json(d.get("default")),
             rules=rules,
-            first_last_8bit=bool(d.get("first_last_8bit", True)),
+            first_last_8bit=d.get("first_last_8bit", True),
+            quantize_outputs=d.get("quantize_outputs", False),
         )
 
     def to_json(self) -> str:

@@ -13,9 +13,11 @@ from eaq.plan import Plan
 from eaq.quant import MAX_BITS, MIN_BITS, parse_granularity
 
 
-def add_model_args(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, *, weights: bool = True, required: bool = True
+) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="a registered model (see `eaq models`)")
+    g.add_argument("--model", required=required, help="a registered model (see `eaq models`)")
     if weights:
         g.add_argument(
             "--weights",
@@ -71,6 +73,13 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="quantize the first and last layer like the rest (default: keep them at 8 bits)",
     )
+    g.add_argument(
+        "--quantize-outputs",
+        action="store_true",
+        help="also quantize the outputs that no quantized layer reads next (residual branches "
+        "before their add, convs before pooling), as integer kernels write them: what "
+        "`eaq export` needs for integer convolutions everywhere",
+    )
     g.add_argument("--plan", default=None, help="a JSON plan file (overrides the options above)")
 
 
@@ -98,6 +107,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         w_observer=args.w_observer,
         symmetric=not args.affine,
         first_last_8bit=not args.quantize_first_last,
+        quantize_outputs=args.quantize_outputs,
     )
 
 

@@ -9,6 +9,7 @@ from eaq import __version__
 from eaq.cli import (
     energy_cmd,
     evaluate_cmd,
+    export_cmd,
     methods_cmd,
     models_cmd,
     quantize_cmd,
@@ -23,6 +24,7 @@ COMMANDS = (
     models_cmd,
     quantize_cmd,
     evaluate_cmd,
+    export_cmd,
     energy_cmd,
     train_cmd,
     methods_cmd,

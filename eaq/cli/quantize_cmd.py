@@ -19,7 +19,14 @@ from eaq.cli.common import (
     plan_from_args,
     print_json,
 )
+from eaq.cli.export_cmd import (
+    add_export_args,
+    check_artifact_folder,
+    check_export_args,
+    export_and_check,
+)
 from eaq.data import calibration_batches, eval_batches, load_dataset
+from eaq.deploy import ModelSpec, OnnxModel, save_quantized
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
 from eaq.methods import get_method, quantize_model
@@ -27,7 +34,7 @@ from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.plan import GELU_QUANTIZERS, SOFTMAX_QUANTIZERS
-from eaq.provenance import provenance
+from eaq.provenance import provenance, sha256
 from eaq.table import format_table
 
 
@@ -67,6 +74,23 @@ def add_parser(sub) -> None:
         help="an option of the method, e.g. iters=500 (repeatable; `eaq methods` lists them)",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
+    d = p.add_argument_group("deployment")
+    d.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="write the quantized model to DIR: packed integer codes, scales and the plan "
+        "(safetensors + JSON); `eaq export DIR --onnx FILE` and `eaq evaluate --artifact DIR` "
+        "read it",
+    )
+    d.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="also export the quantized model to an ONNX QDQ file and evaluate it on "
+        "onnxruntime (both accuracies are reported)",
+    )
+    add_export_args(d)
     p.add_argument("--layers", action="store_true", help="also print the per-layer widths")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(run=run)
@@ -90,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise EaqError(
             f"the calibration set is empty: --calib-size must be >= 1, got {args.calib_size}"
         )
+    if args.save is not None:
+        check_artifact_folder(args.save)
+    if args.onnx is not None:
+        check_export_args(args)
     root = resolve_data_root(args.data_root)
     torch.manual_seed(args.seed)
 
@@ -117,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     calib_seconds = time.perf_counter() - t0
     log(f"{args.method}: quantized and calibrated in {calib_seconds:.1f} s")
     quant = evaluate(model, batches, desc="quantized")
+    weights_path = weights_file(args.model, args.weights, root)
 
     result = {
         "model": args.model,
@@ -143,10 +172,52 @@ def run(args: argparse.Namespace) -> int:
         "calib_size": args.calib_size,
         "seconds_fp32": fp32.seconds,
         "seconds_quant": quant.seconds,
-        "provenance": provenance(
-            seed=args.seed, files={"weights": weights_file(args.model, args.weights, root)}
-        ),
+        "provenance": provenance(seed=args.seed, files={"weights": weights_path}),
     }
+    spec = ModelSpec(
+        name=args.model,
+        num_classes=n_out,
+        input_size=info.input_size,
+        mean=info.mean,
+        std=info.std,
+        dataset=dataset,
+        weights_sha256=None if weights_path is None else sha256(weights_path),
+    )
+    if args.save is not None:
+        meta = save_quantized(
+            model,
+            args.save,
+            spec=spec,
+            plan=plan,
+            method=args.method,
+            method_options=method_options,
+            extra={
+                "accuracy": _accuracy(quant, fp32),
+                "calibration": {"size": args.calib_size, "seed": args.seed, "split": "train"},
+                "provenance": result["provenance"],
+            },
+        )
+        result["artifact"] = {
+            "folder": args.save,
+            "bytes": meta["artifact_bytes"],
+            "fp32_state_bytes": meta["fp32_state_bytes"],
+            "size_ratio": meta["size_ratio"],
+        }
+        log(
+            f"saved to {args.save}: {meta['artifact_bytes'] / 2**20:.2f} MiB, "
+            f"{meta['size_ratio']:.3f}x the FP32 state dict "
+            f"({meta['fp32_state_bytes'] / 2**20:.2f} MiB)"
+        )
+    if args.onnx is not None:
+        report = export_and_check(model, args, spec, _accuracy(quant, fp32))
+        onnx_result = evaluate(OnnxModel(args.onnx), batches, desc="onnxruntime")
+        result["onnx"] = {
+            **report.to_dict(),
+            "top1": onnx_result.top1,
+            "top5": onnx_result.top5,
+            "delta_top1_vs_eaq": round(onnx_result.top1 - quant.top1, 4),
+            "seconds": onnx_result.seconds,
+        }
     if args.json:
         result["layers"] = [row.__dict__ for row in summary.layers]
         print_json(result)
@@ -161,7 +232,19 @@ def run(args: argparse.Namespace) -> int:
             [
                 ("FP32", round(fp32.top1, 2), round(fp32.top5, 2), round(fp32.seconds, 1)),
                 (_label(args), round(quant.top1, 2), round(quant.top5, 2), round(quant.seconds, 1)),
-            ],
+            ]
+            + (
+                [
+                    (
+                        "onnxruntime (QDQ)",
+                        round(result["onnx"]["top1"], 2),
+                        round(result["onnx"]["top5"], 2),
+                        round(result["onnx"]["seconds"], 1),
+                    )
+                ]
+                if "onnx" in result
+                else []
+            ),
         )
     )
     kinds = ", ".join(f"{n} {k}" for k, n in summary.kind_counts().items())
@@ -178,6 +261,16 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _accuracy(quant, fp32) -> dict:
+    return {
+        "top1": quant.top1,
+        "top5": quant.top5,
+        "n_images": quant.n_images,
+        "fp32_top1": fp32.top1,
+        "fp32_top5": fp32.top5,
+    }
 
 
 def _label(args: argparse.Namespace) -> str:

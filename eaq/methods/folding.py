@@ -27,15 +27,17 @@ import torch
 from torch import nn
 
 from eaq.methods.registry import Batches, get_method, register_method
-from eaq.nn import QuantSummary
+from eaq.nn import QuantAttention, QuantConv2d, QuantLinear, QuantMatMul, QuantSummary
 from eaq.plan import Plan
 
 __all__ = ["find_conv_bn_pairs", "fold_batchnorm_", "fold_conv_bn_"]
 
+QUANT_LEAVES = (QuantConv2d, QuantLinear, QuantMatMul, QuantAttention)
+
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
-        type(conv) is nn.Conv2d
+        type(conv) in (nn.Conv2d, QuantConv2d)
         and type(bn) is nn.BatchNorm2d
         and bn.num_features == conv.out_channels
         and bn.running_mean is not None
@@ -43,9 +45,16 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with eaq's quantized layers as leaves (a conv stays one call)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, QUANT_LEAVES) or super().is_leaf_module(m, qualname)
+
+
 def _pairs_by_graph(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: use the naming rule
         return None
     modules = dict(model.named_modules())
@@ -124,6 +133,8 @@ def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
         >>> type(m[1]).__name__
         'Identity'
     """
+    if any(isinstance(m, QuantConv2d) for m in model.modules()):
+        raise ValueError("fold BatchNorm before quantizing: the quantizers saw unfolded weights")
     pairs = find_conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
         fold_conv_bn_(model.get_submodule(conv_name), model.get_submodule(bn_name))

@@ -1,10 +1,15 @@
 """Registered models: ``create_model(name, weights=...)`` and their :class:`ModelInfo`.
 
 Importing this package registers ``resnet20_cifar``, ``resnet18``, ``resnet18_cifar``,
-``deit_tiny`` and ``deit_tiny_cifar``.
+``deit_tiny``, ``deit_tiny_cifar`` and ``mobilenetv2_cifar``.
 """
 
-from eaq.models import resnet_cifar, torchvision_models, vit  # noqa: F401  (registers models)
+from eaq.models import (  # noqa: F401  (registers models)
+    mobilenet,
+    resnet_cifar,
+    torchvision_models,
+    vit,
+)
 from eaq.models.registry import (
     ModelInfo,
     create_model,

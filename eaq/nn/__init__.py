@@ -12,6 +12,7 @@ from eaq.nn.surgery import (
     calibrate_,
     check_plan,
     input_roles,
+    open_outputs,
     quantizable_layers,
     quantize_,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "calibrate_",
     "check_plan",
     "input_roles",
+    "open_outputs",
     "quantizable_layers",
     "quantize_",
 ]

@@ -29,10 +29,16 @@ def _apply(q: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
 
 
 class QuantConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with fake-quantized weight and input."""
+    """``nn.Conv2d`` with fake-quantized weight and input, and optionally output.
+
+    ``output_quantizer`` (None unless the plan asks for ``quantize_outputs``) quantizes what
+    the layer writes, where no quantized layer reads it next (a residual branch before its add):
+    an integer kernel then writes integers there too.
+    """
 
     input_quantizer: Quantizer | None
     weight_quantizer: Quantizer | None
+    output_quantizer: Quantizer | None
     input_role: str | None
 
     @classmethod
@@ -57,18 +63,22 @@ class QuantConv2d(nn.Conv2d):
         q.input_role = input_role
         q.input_quantizer = _make(config.act_spec(), config.act_quantizer(input_role))
         q.weight_quantizer = _make(config.weight_spec())
+        q.output_quantizer = None
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _apply(self.input_quantizer, x)
-        return self._conv_forward(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        y = self._conv_forward(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        return _apply(self.output_quantizer, y)
 
 
 class QuantLinear(nn.Linear):
-    """``nn.Linear`` with fake-quantized weight and input."""
+    """``nn.Linear`` with fake-quantized weight and input, and optionally output (as
+    :class:`QuantConv2d`)."""
 
     input_quantizer: Quantizer | None
     weight_quantizer: Quantizer | None
+    output_quantizer: Quantizer | None
     input_role: str | None
 
     @classmethod
@@ -82,11 +92,13 @@ class QuantLinear(nn.Linear):
         q.input_role = input_role
         q.input_quantizer = _make(config.act_spec(), config.act_quantizer(input_role))
         q.weight_quantizer = _make(config.weight_spec())
+        q.output_quantizer = None
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _apply(self.input_quantizer, x)
-        return F.linear(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        y = F.linear(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        return _apply(self.output_quantizer, y)
 
     def extra_repr(self) -> str:
         role = getattr(self, "input_role", None)

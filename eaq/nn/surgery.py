@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 from timm.layers import Mlp as TimmMlp
 from timm.layers.activations import GELU as TimmGELU
@@ -29,7 +30,7 @@ from eaq.errors import EaqError
 from eaq.nn.attention import MATMUL_NAMES, QuantAttention
 from eaq.nn.layers import QuantConv2d, QuantLinear, QuantMatMul
 from eaq.plan import LayerConfig, LayerRef, Plan
-from eaq.quant import block_size, calibration, format_granularity
+from eaq.quant import block_size, calibration, format_granularity, make_quantizer
 
 LAYER_MAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
@@ -61,6 +62,81 @@ def input_roles(model: nn.Module) -> dict[str, str]:
         ):
             roles[f"{name}.fc2" if name else "fc2"] = "gelu"
     return roles
+
+
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.Dropout,
+)
+"""Modules an output passes through on its way to the next layer's input quantizer."""
+_PASS_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.dropout}
+_PASS_METHODS = {"relu", "relu_"}
+
+
+class _LayerTracer(torch.fx.Tracer):
+    """fx's tracer with conv/linear layers and attention modules as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (
+            type(m) in _KIND
+            or isinstance(m, _ATTENTION_TYPES)
+            or super().is_leaf_module(m, qualname)
+        )
+
+
+def open_outputs(model: nn.Module) -> list[str]:
+    """Conv/linear layers whose output reaches something other than a conv/linear input.
+
+    The output is followed through :data:`PASS_THROUGH` modules and ReLUs; a layer is open when
+    a path ends anywhere else (a residual add, pooling, a reshape, an attention module) before
+    the model's output. Layers inside an attention module are not looked into. These are the
+    layers that :attr:`~eaq.plan.Plan.quantize_outputs` gives an output quantizer.
+
+    Raises:
+        EaqError: the model cannot be traced by ``torch.fx``.
+    """
+    try:
+        graph = _LayerTracer().trace(model)
+    except Exception as e:  # noqa: BLE001 - any tracing failure is the model's
+        text = " ".join(str(e).split())[:200]
+        raise EaqError(
+            f"quantize_outputs needs a model that torch.fx can trace ({type(e).__name__}: "
+            f"{text}); quantize without it"
+        ) from None
+    modules = dict(model.named_modules())
+
+    def layer(node) -> bool:
+        return node.op == "call_module" and type(modules[node.target]) in _KIND
+
+    def passes(node) -> bool:
+        if node.op == "call_module":
+            return isinstance(modules[node.target], PASS_THROUGH)
+        if node.op == "call_function":
+            return node.target in _PASS_FUNCTIONS
+        return node.op == "call_method" and node.target in _PASS_METHODS
+
+    found = []
+    for node in graph.nodes:
+        if not layer(node):
+            continue
+        stack, seen = list(node.users), set()
+        while stack:
+            user = stack.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "output" or (layer(user) and user.args and user.args[0] in seen | {node}):
+                continue
+            if passes(user):
+                stack.extend(user.users)
+                continue
+            found.append(node.target)
+            break
+    return found
 
 
 def quantizable_layers(model: nn.Module) -> list[LayerRef]:
@@ -180,6 +256,7 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
     resolved = check_plan(model, plan)
     layers = quantizable_layers(model)
     roles = input_roles(model)
+    outputs = set(open_outputs(model)) if plan.quantize_outputs else set()
     for name, module in list(model.named_modules()):
         target = ATTENTION_MAP.get(type(module))
         if target is not None:
@@ -192,6 +269,8 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
             module.configure(cfg if cfg is not None and cfg.a_bits is not None else None)
         elif cfg is not None and (cfg.w_bits is not None or cfg.a_bits is not None):
             quant = LAYER_MAP[type(module)].from_float(module, cfg, roles.get(ref.name))
+            if ref.name in outputs and cfg.a_bits is not None:
+                quant.output_quantizer = make_quantizer(cfg.act_spec())
             model.set_submodule(ref.name, quant)
         else:
             cfg = None

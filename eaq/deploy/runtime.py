@@ -1,0 +1,90 @@
+"""Running an exported ONNX model on onnxruntime's CPU execution provider.
+
+:class:`OnnxModel` wraps an inference session as a module that takes and returns tensors, so
+:func:`eaq.evaluate.evaluate` measures it exactly as it measures eaq's own models. The model
+facts eaq writes into the file's metadata (:func:`write_model_metadata`) tell which data set and
+input normalisation it expects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from eaq.errors import EaqError
+
+METADATA_KEY = "eaq"
+ORT_HINT = "install it with `pip install onnxruntime` (eaq's set-up installs it)"
+
+
+def require_onnxruntime():
+    """The ``onnxruntime`` module, or an EaqError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EaqError(f"onnxruntime is not installed; {ORT_HINT}") from None
+    return onnxruntime
+
+
+def require_onnx():
+    """The ``onnx`` module, or an EaqError that says how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise EaqError("onnx is not installed; install it with `pip install onnx`") from None
+    return onnx
+
+
+def session(path: str | Path, *, threads: int | None = None):
+    """An onnxruntime CPU session for ``path`` (all graph optimizations on)."""
+    ort = require_onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise EaqError(f"ONNX file not found: {path}; write one with `eaq export DIR --onnx FILE`")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for unreadable files
+        text = " ".join(str(e).split())[:300]
+        raise EaqError(f"onnxruntime cannot load {path}: {text}") from None
+
+
+class OnnxModel(nn.Module):
+    """An ONNX file on onnxruntime's CPU provider, called like a module: images -> logits.
+
+    Args:
+        path: the ``.onnx`` file (one image input, logits as the first output).
+        threads: intra-op threads (default: onnxruntime's, all cores).
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.session = session(self.path, threads=threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def read_model_metadata(path: str | Path) -> dict:
+    """The facts eaq stored in an ONNX file (``export_onnx(metadata=...)``), or ``{}``."""
+    onnx = require_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise EaqError(f"ONNX file not found: {path}; write one with `eaq export DIR --onnx FILE`")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # a damaged or foreign file
+        raise EaqError(f"{path} is not an ONNX model: {' '.join(str(e).split())[:200]}") from None
+    for prop in proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return {}
