@@ -91,7 +91,9 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 COMMON_KEYS = ("name", "strategy", "granularity", "observer", "w_observer", "symmetric")
 COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options")
-COMMON_KEYS += ("softmax_quantizer", "gelu_quantizer")
+COMMON_KEYS += ("softmax_quantizer", "gelu_quantizer", "quantize_outputs", "onnx")
+OFF_BY_DEFAULT = ("quantize_outputs", "onnx")
+"""Config keys written into the study's fingerprint only when on (older studies keep theirs)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class ConfigEntry:
     method_options: tuple[tuple[str, Any], ...] | None = None  # None: the study's
     softmax_quantizer: str = "uniform"  # post-softmax inputs: uniform, log2 or twin
     gelu_quantizer: str = "uniform"  # post-GELU inputs: uniform or twin
+    quantize_outputs: bool = False  # Plan.quantize_outputs: integer kernels everywhere
+    onnx: bool = False  # also export each row to ONNX and evaluate it on onnxruntime
 
     def base(self) -> LayerConfig:
         return LayerConfig(
@@ -173,7 +177,14 @@ class StudyConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["configs"] = [
-            {**{k: v for k, v in asdict(c).items() if k != "options"}, **c.options_dict}
+            {
+                **{
+                    k: v
+                    for k, v in asdict(c).items()
+                    if k != "options" and not (k in OFF_BY_DEFAULT and v is False)
+                },
+                **c.options_dict,
+            }
             for c in self.configs
         ]
         return json.loads(json.dumps(d))
@@ -401,7 +412,16 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             gelu_quantizer=c.str_(
                 m, "gelu_quantizer", p, default="uniform", choices=GELU_QUANTIZERS
             ),
+            quantize_outputs=c.bool_(m, "quantize_outputs", p, default=False),
+            onnx=c.bool_(m, "onnx", p, default=False),
         )
+        if entry.onnx and (entry.softmax_quantizer, entry.gelu_quantizer) != ("uniform",) * 2:
+            raise c.fail(
+                m.key_lines["onnx"],
+                p + "onnx",
+                "ONNX QDQ has no form for log2/twin quantizers; use uniform softmax and GELU "
+                "quantizers in this config, or drop onnx",
+            )
         entry_method = entry.method or method
         if "method_options" in m:
             from dataclasses import replace

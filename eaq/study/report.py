@@ -43,6 +43,7 @@ SUMMARY_FIELDS = (
     "calib_seconds_mean",
     "bits",
     "selected",
+    "onnx_top1_mean",
 )
 
 
@@ -60,6 +61,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 bits[k] += v / len(rs)
         rel = statistics.fmean(r["relative_energy"] for r in rs)
         selected = [_chosen(r) for r in sorted(rs, key=lambda r: r["seed"])]
+        onnx = [r["info"]["onnx"]["top1"] for r in rs if "onnx" in r["info"]]
         out.append(
             {
                 "model": model,
@@ -83,6 +85,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "calib_seconds_mean": statistics.fmean(r["calib_seconds"] for r in rs),
                 "bits": {k: round(v, 2) for k, v in bits.items()},
                 "selected": selected if any(selected) else None,
+                "onnx_top1_mean": statistics.fmean(onnx) if onnx else None,
             }
         )
     fp32 = {r["model"]: r["top1_mean"] for r in out if r["strategy"] == "fp32"}
@@ -112,8 +115,9 @@ def _table_md(headers, rows) -> str:
 
 
 def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+    onnx = any(r["onnx_top1_mean"] is not None for r in summary)
     headers = ["Config", "Method", "Accuracy (%)", "Δ Acc.", "Rel. Energy", "Energy Savings"]
-    headers += ["Calib. (s)", "Seeds"]
+    headers += ["Calib. (s)", "Seeds"] + (["onnxruntime (%)"] if onnx else [])
     rows = []
     for r in summary:
         acc = f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"
@@ -125,8 +129,46 @@ def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [r["config"], r["method"], acc, delta, f"{r['relative_energy']:.4f}", savings]
             + [calib, str(r["n_seeds"])]
+            + ([_maybe(r["onnx_top1_mean"])] if onnx else [])
         )
     return headers, rows
+
+
+def _maybe(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def deploy_commands(rows: list[dict], folder: Path) -> list[dict]:
+    """For each quantized configuration: its plan file and the command that saves it.
+
+    The plan of the configuration's lowest seed is written to ``folder/plans/``; ``eaq quantize
+    --plan FILE --save DIR`` then calibrates with that seed and writes the artifact.
+    """
+    first: dict[tuple[str, str], dict] = {}
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        if r["strategy"] != "fp32":
+            first.setdefault((r["model"], r["config"]), r)
+    plans = folder / "plans"
+    out = []
+    for (model, config), r in sorted(first.items()):
+        stem = f"{model}__{config}__seed{r['seed']}".replace("/", "_")
+        path = plans / f"{stem}.json"
+        plans.mkdir(exist_ok=True)
+        path.write_text(json.dumps(r["plan"], indent=2) + "\n")
+        options = r["info"].get("method_options") or {}
+        command = [
+            "eaq quantize",
+            f"--model {model}",
+            f"--dataset {r['dataset']}",
+            f"--plan {path}",
+            f"--method {r['method']}",
+            *(f"--method-option {k}={json.dumps(v)}" for k, v in options.items()),
+            f"--seed {r['seed']}",
+            f"--calib-size {r['calib_size']}",
+            f"--save artifacts/{model}-{config.replace('@', '-')}",
+        ]
+        out.append({"model": model, "config": config, "command": " ".join(command)})
+    return out
 
 
 def _selected_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -362,6 +404,7 @@ def write_report(folder: str | Path) -> Path:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     _write_csv(out / "rows.csv", flat, flat[0].keys() if flat else ["model"])
     _write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+    deploy = deploy_commands(rows, out)
 
     md = [
         f"# Study {name}",
@@ -409,6 +452,16 @@ def write_report(folder: str | Path) -> Path:
                 "",
             ]
             body.append(("table", (h, t)))
+        t = [[d["config"], f"`{d['command']}`"] for d in deploy if d["model"] == model]
+        if t:
+            md += [
+                "Each configuration as a deployable model: the command saves it (packed integer "
+                "codes, scales and plan) for `eaq export DIR --onnx FILE`.",
+                "",
+                _table_md(["Config", "Command"], t),
+                "",
+            ]
+            body.append(("table", (["Config", "Command"], t)))
         imgs = [pareto_plot(summary, model, out), energy_plot(summary, model, out)]
         for measure in sorted({r["measure"] for r in sens_rows if r["model"] == model}):
             srows = [r for r in sens_rows if r["model"] == model and r["measure"] == measure]

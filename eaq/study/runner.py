@@ -12,7 +12,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +244,10 @@ def _run_seed(
             t0 = time.perf_counter()
             method, method_options = cfg.method_of(entry)
             calib_seconds = 0.0
+            onnx = None
+            plan = named.plan
+            if entry.quantize_outputs:
+                plan = replace(plan, quantize_outputs=True)
             if named.strategy == "fp32":
                 if "fp32" not in fp32_cache:
                     fp32_cache["fp32"] = evaluate(
@@ -253,10 +257,12 @@ def _run_seed(
             else:
                 torch.manual_seed(seed)
                 model = copy.deepcopy(m.model)
-                quantize_model(model, named.plan, calib, method, method_options)
+                quantize_model(model, plan, calib, method, method_options)
                 calib_seconds = time.perf_counter() - t0
                 result = evaluate(model, m.batches, desc=cname, progress=progress)
-            report = plan_energy(m.stats, named.plan, cfg.profile)
+                if entry.onnx:
+                    onnx = _onnx_accuracy(model, m, result, progress)
+            report = plan_energy(m.stats, plan, cfg.profile)
             prov = provenance(seed=seed, files={"weights": m.weights_file})
             prov["study_fingerprint"] = cfg.fingerprint()
             row = {
@@ -275,8 +281,8 @@ def _run_seed(
                 "mac_share": report.mac_share,
                 "memory_share": report.memory_share,
                 "relative_bops": report.relative_bops,
-                "bits": bit_distribution(named.plan, m.layers),
-                "plan": named.plan.to_dict(),
+                "bits": bit_distribution(plan, m.layers),
+                "plan": plan.to_dict(),
                 "layers": [
                     {
                         "name": r.name,
@@ -295,6 +301,7 @@ def _run_seed(
                     "granularity": entry.granularity,
                     "measure": measure if named.strategy in ("percentile", "budget") else None,
                     "method_options": method_options,
+                    **({"onnx": onnx} if onnx is not None else {}),
                 },
                 "calib_seconds": calib_seconds,
                 "provenance": prov,
@@ -311,6 +318,26 @@ def _run_seed(
                     f"({row['seconds']:.1f} s)"
                 )
     return written
+
+
+def _onnx_accuracy(model, m: _Model, result, progress: bool) -> dict:
+    """Export a quantized row's model to ONNX (QDQ) and evaluate it on onnxruntime."""
+    import tempfile
+
+    from eaq.deploy import OnnxModel, export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "row.onnx"
+        size = m.info.input_size
+        export_onnx(model, path, input_shape=(3, size, size))
+        got = evaluate(OnnxModel(path), m.batches, desc="onnxruntime", progress=progress)
+    return {
+        "top1": got.top1,
+        "top5": got.top5,
+        "n_images": got.n_images,
+        "seconds": got.seconds,
+        "delta_top1_vs_eaq": got.top1 - result.top1,
+    }
 
 
 def strategy_needs_sensitivity(name: str) -> bool:
