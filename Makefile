@@ -5,7 +5,7 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-deploy
 
 setup:
 	@scripts/bootstrap
@@ -27,3 +27,7 @@ lint: setup
 
 bench: setup
 	$(VENV)/python benchmarks/throughput.py
+
+# FP32 eager vs FP32 / integer onnxruntime (throughput, latency, sizes, modelled energy)
+bench-deploy: setup
+	$(VENV)/python benchmarks/deployment.py

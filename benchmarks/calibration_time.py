@@ -1,6 +1,6 @@
 """Calibration time of PTQ methods per model, against plain PTQ measured in the same run.
 
-For each model and method: the seconds :func:`eaq.methods.quantize_model` takes to quantize and
+For each model and method: the seconds :func:`eaq.methods.quantize_model_` takes to quantize and
 calibrate the model on ``--calib`` images (random weights and images: the time does not depend
 on them), and the ratio to plain ``ptq``. A method may carry options after a colon, e.g.
 ``ranking:search_steps=20,rounds=1``. Not a test.
@@ -19,7 +19,7 @@ import time
 import torch
 import yaml
 
-from eaq.methods import check_method_options, quantize_model
+from eaq.methods import check_method_options, quantize_model_
 from eaq.models import create_model, get_model_info
 from eaq.plan import Plan
 from eaq.table import format_table
@@ -50,7 +50,7 @@ def bench(model_name: str, specs: list[str], n: int, w_bits: int, a_bits: int) -
         name, options = parse_spec(spec)
         work = copy.deepcopy(model)
         start = time.perf_counter()
-        quantize_model(work, plan, calib, name, options)
+        quantize_model_(work, plan, calib, name, options)
         rows.append(
             {
                 "model": model_name,

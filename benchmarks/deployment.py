@@ -3,7 +3,8 @@
 For each model, in one run on this CPU: throughput at batch 64 and latency at batch 1 of the
 FP32 model in eager PyTorch (the baseline), the same model exported to ONNX on onnxruntime, and
 eaq's quantized model (default weights, plain PTQ, 256 calibration images from the training
-split) exported as QDQ on onnxruntime. Each is printed as a ratio to FP32 eager, next to the
+split, quantized outputs so that every convolution can run on integer kernels) exported as QDQ
+on onnxruntime. Each is printed as a ratio to FP32 eager, next to the
 energy model's relative energy of the same plan and the sizes on disk (FP32 state dict as
 float32 safetensors, the eaq artifact, the ONNX files). Where Linux exposes an energy counter
 (powercap/RAPL) it is read around each throughput run and joules per image are printed; where
@@ -27,7 +28,7 @@ import torch
 from eaq.data import calibration_batches, load_dataset
 from eaq.deploy import ModelSpec, OnnxModel, export_onnx, save_quantized
 from eaq.energy import collect_stats, plan_energy
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.models import create_model, get_model_info
 from eaq.paths import resolve_data_root
 from eaq.plan import Plan
@@ -88,11 +89,9 @@ def bench(name: str, plan: Plan, root: Path, work: Path, repeats: int) -> list[d
         )
     stats = collect_stats(model, size)
     train = load_dataset(info.default_dataset, "train", root)
-    calib = calibration_batches(
-        train, n=256, seed=0, mean=info.mean, std=info.std, input_size=size
-    )
+    calib = calibration_batches(train, n=256, seed=0, mean=info.mean, std=info.std, input_size=size)
     quant = create_model(name, weights="default", data_root=root)
-    quantize_model(quant, plan, calib, "ptq")
+    quantize_model_(quant, plan, calib, "ptq")
     spec = ModelSpec(name, info.num_classes, size, info.mean, info.std, info.default_dataset)
     meta = save_quantized(quant, work / f"{name}_artifact", spec=spec, plan=plan)
     q_onnx = work / f"{name}_qdq.onnx"
@@ -152,11 +151,16 @@ def main() -> None:
     p.add_argument("--w-bits", type=int, default=8)
     p.add_argument("--a-bits", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of >= 1 s each")
+    p.add_argument(
+        "--no-quantize-outputs",
+        action="store_true",
+        help="export the plan without quantized outputs (residual branches stay float)",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     root = resolve_data_root(args.data_root)
-    plan = Plan.uniform(args.w_bits, args.a_bits)
+    plan = Plan.uniform(args.w_bits, args.a_bits, quantize_outputs=not args.no_quantize_outputs)
     counter = read_energy_uj() is not None
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
@@ -167,7 +171,8 @@ def main() -> None:
         print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     print(
-        f"W{args.w_bits}A{args.a_bits} (first/last 8-bit, per-channel weights), "
+        f"W{args.w_bits}A{args.a_bits} (first/last 8-bit, per-channel weights, "
+        f"quantize_outputs {plan.quantize_outputs}), "
         f"{torch.get_num_threads()} threads; ratios are to FP32 eager in this run"
     )
     print(

@@ -29,7 +29,7 @@ from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.deploy import ModelSpec, OnnxModel, save_quantized
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.methods import get_method, quantize_model
+from eaq.methods import get_method, quantize_model_
 from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     fp32 = evaluate(model, batches, desc="fp32")
     log(f"FP32: top-1 {fp32.top1:.2f}%  top-5 {fp32.top5:.2f}%  ({fp32.n_images} images)")
     t0 = time.perf_counter()
-    summary = quantize_model(model, plan, calib, args.method, method_options)
+    summary = quantize_model_(model, plan, calib, args.method, method_options)
     calib_seconds = time.perf_counter() - t0
     log(f"{args.method}: quantized and calibrated in {calib_seconds:.1f} s")
     quant = evaluate(model, batches, desc="quantized")

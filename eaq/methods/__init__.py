@@ -18,7 +18,7 @@ from eaq.methods.registry import (
     get_method,
     list_methods,
     method_names,
-    quantize_model,
+    quantize_model_,
     register_method,
 )
 
@@ -28,6 +28,6 @@ __all__ = [
     "get_method",
     "list_methods",
     "method_names",
-    "quantize_model",
+    "quantize_model_",
     "register_method",
 ]

@@ -1,4 +1,4 @@
-"""The method registry and the one entry point, :func:`quantize_model`.
+"""The method registry and the one entry point, :func:`quantize_model_`.
 
 A method is ``fn(model, plan, calib, *, option=default, ...) -> QuantSummary``; its keyword-only
 arguments are its options (``eaq quantize --method-option iters=500``, ``method_options`` in a
@@ -86,7 +86,7 @@ def check_method_options(name: str, options: dict | None) -> dict:
     return options
 
 
-def quantize_model(
+def quantize_model_(
     model: nn.Module,
     plan: Plan,
     calib: Batches,

@@ -76,12 +76,12 @@ class PlanScorer:
 
     @torch.no_grad()
     def __call__(self, plan: Plan) -> float:
-        from eaq.methods import quantize_model
+        from eaq.methods import quantize_model_
 
         self.calls += 1
         work = copy.deepcopy(self.model).eval()
         with torch.enable_grad():  # some methods optimise
-            quantize_model(work, plan, self.calib, self.method, self.method_options)
+            quantize_model_(work, plan, self.calib, self.method, self.method_options)
         kl = 0.0
         for lp, lq in zip(self.reference, _log_probs(work, self.held_out), strict=True):
             kl += float((lp.exp() * (lp - lq)).sum())

@@ -23,7 +23,7 @@ from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -257,7 +257,7 @@ def _run_seed(
             else:
                 torch.manual_seed(seed)
                 model = copy.deepcopy(m.model)
-                quantize_model(model, plan, calib, method, method_options)
+                quantize_model_(model, plan, calib, method, method_options)
                 calib_seconds = time.perf_counter() - t0
                 result = evaluate(model, m.batches, desc=cname, progress=progress)
                 if entry.onnx:

@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.models import unfuse_attention_
 from eaq.plan import Plan
 
@@ -53,5 +53,5 @@ def calib(size: int = 8, n: int = 32, seed: int = 0):
 
 
 def quantized(model: nn.Module, plan: Plan, size: int, method: str = "ptq") -> nn.Module:
-    quantize_model(model.eval(), plan, calib(size), method)
+    quantize_model_(model.eval(), plan, calib(size), method)
     return model

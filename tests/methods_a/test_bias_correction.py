@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.methods.bias_correction import bias_correct_
 from eaq.nn import calibrate_, quantize_
 from eaq.plan import Plan
@@ -58,7 +58,7 @@ def test_method_runs_on_a_bn_model():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
     model.eval()
     calib = _calib((8, 3, 8, 8), n=2)
-    summary = quantize_model(model, Plan.uniform(4, 8), calib, method="biascorr")
+    summary = quantize_model_(model, Plan.uniform(4, 8), calib, method="biascorr")
     assert summary.n_quantized == 2
     assert isinstance(model[1], nn.Identity)
     assert torch.isfinite(model(calib[0][0])).all()

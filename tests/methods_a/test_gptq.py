@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.methods.gptq import gptq_
 from eaq.nn import calibrate_, quantize_
 from eaq.plan import Plan
@@ -69,6 +69,6 @@ def test_method_on_a_small_cnn():
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8)
     ).eval()
     calib = _correlated((4, 3, 8, 8), n=2)
-    summary = quantize_model(model, Plan.uniform(4, 8), calib, method="gptq")
+    summary = quantize_model_(model, Plan.uniform(4, 8), calib, method="gptq")
     assert summary.n_quantized == 2
     assert torch.isfinite(model(calib[0][0])).all()

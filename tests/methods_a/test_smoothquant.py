@@ -5,7 +5,7 @@ import copy
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.methods.smoothquant import find_norm_linear_pairs, input_channel_absmax, smooth_
 from eaq.plan import Plan
 
@@ -51,6 +51,6 @@ def test_smoothing_keeps_the_function_and_flattens_activations():
 
 def test_method_runs():
     model = _vit()
-    summary = quantize_model(model, Plan.uniform(8, 8), _calib(1), method="smoothquant")
+    summary = quantize_model_(model, Plan.uniform(8, 8), _calib(1), method="smoothquant")
     assert summary.n_quantized > 0
     assert torch.isfinite(model(_calib(1)[0][0])).all()

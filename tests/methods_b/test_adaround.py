@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from eaq.methods import method_names, quantize_model
+from eaq.methods import method_names, quantize_model_
 from eaq.methods.adaround import (
     AdaRoundConfig,
     AdaRoundWeight,
@@ -138,7 +138,7 @@ def test_methods_keep_each_layers_widths(method, monkeypatch):
     calib = [(torch.randn(8, 3, 8, 8), torch.zeros(8)) for _ in range(2)]
     plan = Plan(default=LayerConfig(w_bits=4, a_bits=4), rules=MIXED_RULES)
     expected = plan.resolve(quantizable_layers(model))
-    summary = quantize_model(model, plan, calib, method=method)
+    summary = quantize_model_(model, plan, calib, method=method)
 
     for row in summary.layers:
         cfg = expected[row.name]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.plan import Plan
 from eaq.quant import Log2Quantizer, NonUniformQuantizer, TwinUniformQuantizer
 
@@ -27,7 +27,7 @@ def _run(method, options):
         img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10
     ).eval()
     calib = [(torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)), None)]
-    quantize_model(model, PLAN, calib, method, options)
+    quantize_model_(model, PLAN, calib, method, options)
     with torch.no_grad():
         assert torch.isfinite(model(calib[0][0])).all()
     return {

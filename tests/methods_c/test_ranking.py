@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from eaq.errors import EaqError
-from eaq.methods import quantize_model
+from eaq.methods import quantize_model_
 from eaq.methods.ranking import (
     RankingConfig,
     float_reference,
@@ -101,7 +101,7 @@ def test_quantize_model_ranking_on_a_tiny_vit(capsys):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(x)
-    summary = quantize_model(
+    summary = quantize_model_(
         model, Plan.uniform(4, 4), calib, "ranking", {"search_steps": 10, "rounds": 1}
     )
     assert summary.n_quantized == summary.n_layers
@@ -127,13 +127,13 @@ def test_ranking_on_a_cnn_with_bias_correction():
     with torch.no_grad():
         ref = model(x)
     options = {"search_steps": 5, "rounds": 1, "bias_correction": True}
-    quantize_model(model, Plan.uniform(4, 4), calib, "ranking", options)
+    quantize_model_(model, Plan.uniform(4, 4), calib, "ranking", options)
     with torch.no_grad():
         assert pearson(ref, model(x)) > 0.9
 
 
 def test_options_are_validated():
     with pytest.raises(EaqError, match="no option"):
-        quantize_model(_vit(), Plan.uniform(8, 8), _calib(1), "ranking", {"steps": 3})
+        quantize_model_(_vit(), Plan.uniform(8, 8), _calib(1), "ranking", {"steps": 3})
     with pytest.raises(EaqError, match="low"):
-        quantize_model(_vit(), Plan.uniform(8, 8), _calib(1), "ranking", {"low": 2.0})
+        quantize_model_(_vit(), Plan.uniform(8, 8), _calib(1), "ranking", {"low": 2.0})
