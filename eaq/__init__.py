@@ -66,6 +66,7 @@ from eaq.mixed import (
 )
 from eaq.models import ModelInfo, create_model, list_models, register_model
 from eaq.nn import calibrate_, quantizable_layers, quantize_
+from eaq.pipeline import PipelineResult, quantize_and_evaluate
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer, QuantSpec, calibration
 
@@ -77,6 +78,7 @@ __all__ = [
     "ModelInfo",
     "ModelSpec",
     "OnnxModel",
+    "PipelineResult",
     "Plan",
     "QuantSpec",
     "Quantizer",
@@ -104,6 +106,7 @@ __all__ = [
     "profile_names",
     "quantizable_layers",
     "quantize_",
+    "quantize_and_evaluate",
     "quantize_model_",
     "register_method",
     "register_model",

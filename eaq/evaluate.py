@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from eaq.errors import EaqError
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -35,6 +37,9 @@ def evaluate(
 
     Batches are moved to the device of the model's parameters (a GPU-trained model is evaluated
     where it is).
+
+    Raises:
+        EaqError: the batches hold no images.
     """
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -57,5 +62,5 @@ def evaluate(
             bar.update(labels.numel())
     seconds = time.perf_counter() - start
     if n == 0:
-        return EvalResult(float("nan"), float("nan"), 0, seconds)
+        raise EaqError("nothing to evaluate: the batches hold no images (an empty data set?)")
     return EvalResult(100.0 * correct1 / n, 100.0 * correct5 / n, n, seconds)

@@ -222,7 +222,8 @@ class Plan:
         return self.default
 
     def resolve(self, layers: Sequence[LayerRef]) -> dict[str, LayerConfig | None]:
-        """Each layer's config, policy applied. Exact names that match no layer are an error."""
+        """Each layer's config, policy applied. A rule that names or matches no layer is an
+        error."""
         names = {ref.name for ref in layers}
         exact = {key for key, _ in self.rules if not key.startswith("re:")}
         missing = sorted(exact - names)
@@ -231,6 +232,16 @@ class Plan:
                 f"plan names layer(s) that the model does not have: {', '.join(missing[:5])}"
                 f"{' ...' if len(missing) > 5 else ''}; "
                 "run `eaq energy --model M` to list its layers"
+            )
+        unused = [
+            key
+            for key, _ in self.rules
+            if key.startswith("re:") and not any(re.fullmatch(key[3:], n) for n in names)
+        ]
+        if unused:
+            raise EaqError(
+                f"plan rule(s) {', '.join(repr(k) for k in unused[:5])} match no layer of the "
+                "model; run `eaq energy --model M` to list its layers"
             )
         resolved = {ref.name: self.lookup(ref.name) for ref in layers}
         if self.first_last_8bit:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import replace
 
 import torch
@@ -26,13 +25,14 @@ from eaq.cli.export_cmd import (
     export_and_check,
 )
 from eaq.data import calibration_batches, eval_batches, load_dataset
-from eaq.deploy import ModelSpec, OnnxModel, save_quantized
+from eaq.deploy import ModelSpec, save_quantized
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.methods import get_method, quantize_model_
+from eaq.methods import get_method
 from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
+from eaq.pipeline import onnx_accuracy, quantize_and_evaluate
 from eaq.plan import GELU_QUANTIZERS, SOFTMAX_QUANTIZERS
 from eaq.provenance import provenance, sha256
 from eaq.table import format_table
@@ -140,11 +140,17 @@ def run(args: argparse.Namespace) -> int:
 
     fp32 = evaluate(model, batches, desc="fp32")
     log(f"FP32: top-1 {fp32.top1:.2f}%  top-5 {fp32.top5:.2f}%  ({fp32.n_images} images)")
-    t0 = time.perf_counter()
-    summary = quantize_model_(model, plan, calib, args.method, method_options)
-    calib_seconds = time.perf_counter() - t0
+    run_ = quantize_and_evaluate(
+        model,
+        plan,
+        calib,
+        batches,
+        method=args.method,
+        method_options=method_options,
+        seed=args.seed,
+    )
+    model, summary, quant, calib_seconds = run_.model, run_.summary, run_.result, run_.calib_seconds
     log(f"{args.method}: quantized and calibrated in {calib_seconds:.1f} s")
-    quant = evaluate(model, batches, desc="quantized")
     weights_path = weights_file(args.model, args.weights, root)
 
     result = {
@@ -210,13 +216,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.onnx is not None:
         report = export_and_check(model, args, spec, _accuracy(quant, fp32))
-        onnx_result = evaluate(OnnxModel(args.onnx), batches, desc="onnxruntime")
+        shape = (3, info.input_size, info.input_size)
         result["onnx"] = {
             **report.to_dict(),
-            "top1": onnx_result.top1,
-            "top5": onnx_result.top5,
-            "delta_top1_vs_eaq": round(onnx_result.top1 - quant.top1, 4),
-            "seconds": onnx_result.seconds,
+            **onnx_accuracy(model, batches, quant, shape, path=args.onnx),
         }
     if args.json:
         result["layers"] = [row.__dict__ for row in summary.layers]

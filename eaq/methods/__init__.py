@@ -7,6 +7,7 @@ with mixed-precision plans. ``eaq methods`` lists them.
 
 import eaq.methods.adaround  # noqa: F401  (registers adaround)
 import eaq.methods.bias_correction  # noqa: F401  (registers biascorr)
+import eaq.methods.equalization  # noqa: F401  (registers cle)
 import eaq.methods.folding  # noqa: F401  (registers bnfold)
 import eaq.methods.gptq  # noqa: F401  (registers gptq)
 import eaq.methods.ranking  # noqa: F401  (registers ranking)

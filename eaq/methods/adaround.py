@@ -34,8 +34,8 @@ block reconstruction (:mod:`eaq.methods.reconstruction`).
 from __future__ import annotations
 
 import copy
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +50,8 @@ from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
 from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 from eaq.quant import Quantizer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GAMMA",
@@ -417,10 +419,9 @@ def adaround_(
 
 def _log(row: ReconstructionStats, tag: str) -> None:
     gain = row.error_after / row.error_before if row.error_before > 0 else math.nan
-    print(
+    log.info(
         f"{tag}: {row.name}: error {row.error_before:.4g} -> {row.error_after:.4g} "
-        f"(x{gain:.2f}) in {row.seconds:.1f}s",
-        file=sys.stderr,
+        f"(x{gain:.2f}) in {row.seconds:.1f}s"
     )
 
 
@@ -430,6 +431,7 @@ ADAROUND_ITERS = 1000  # per layer; ResNet-20 W4A4: ~200 s single-threaded on a 
 @register_method(
     "adaround",
     "BatchNorm folding, PTQ activations, AdaRound learned weight rounding (Nagel et al. 2020)",
+    check=lambda **o: AdaRoundConfig(**o) and None,
 )
 def adaround(
     model: nn.Module,
@@ -449,4 +451,4 @@ def adaround(
 
 
 def _log_total(tag: str, t0: float) -> None:
-    print(f"{tag}: rounding learned in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    log.info(f"{tag}: rounding learned in {time.perf_counter() - t0:.1f}s")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eaq.errors import EaqError
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
@@ -192,8 +193,17 @@ def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
     return list(layers)
 
 
+def _check(*, percdamp: float, block_columns: int) -> None:
+    if percdamp <= 0:
+        raise EaqError(f"percdamp must be > 0 (a fraction of the mean diagonal), got {percdamp}")
+    if block_columns < 1:
+        raise EaqError(f"block_columns must be >= 1, got {block_columns}")
+
+
 @register_method(
-    "gptq", "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations"
+    "gptq",
+    "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations",
+    check=_check,
 )
 def gptq(
     model: nn.Module,

@@ -34,7 +34,7 @@ at the end.
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +58,8 @@ from eaq.nn import (
 from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 from eaq.quant import Quantizer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RANK_MAX_PAIRS",
@@ -316,9 +318,14 @@ def rank_search_(
     return rows
 
 
+def _check(*, bias_correction: bool, **options) -> None:
+    RankingConfig(**options)
+
+
 @register_method(
     "ranking",
     "PTQ, then per-layer scale search for Pearson correlation + attention ranking (Liu 2021)",
+    check=_check,
 )
 def ranking(
     model: nn.Module,
@@ -351,10 +358,7 @@ def ranking(
     calibrate_(model, calib)
     t0 = time.perf_counter()
     rows = rank_search_(model, reference, calib, config)
-    print(
-        f"ranking: scales of {len(rows)} layers searched in {time.perf_counter() - t0:.1f}s",
-        file=sys.stderr,
-    )
+    log.info(f"ranking: scales of {len(rows)} layers searched in {time.perf_counter() - t0:.1f}s")
     if bias_correction:
         bias_correct_(model, reference, calib)
     return summary

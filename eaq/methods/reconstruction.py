@@ -29,7 +29,7 @@ Activations are first calibrated as in ``ptq``; weights start from their calibra
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -56,6 +56,8 @@ from eaq.models import BasicBlockA
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary
 from eaq.plan import Plan
 from eaq.quant import NonUniformQuantizer, Quantizer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BLOCK_TYPES",
@@ -332,13 +334,16 @@ def _run(
     t0 = time.perf_counter()
     reconstruct_(model, float_model, calib, config, verbose=True)
     tag = "qdrop" if config.drop_prob > 0 else "brecq"
-    print(f"{tag}: reconstruction done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    log.info(f"{tag}: reconstruction done in {time.perf_counter() - t0:.1f}s")
     return summary
 
 
 @register_method(
     "brecq",
     "BatchNorm folding, PTQ activations, BRECQ block reconstruction (Li et al. 2021)",
+    check=lambda *, iters, learn_act_scale, seed: (
+        ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), learn_act_scale) and None
+    ),
 )
 def brecq(
     model: nn.Module,
@@ -356,6 +361,9 @@ def brecq(
 @register_method(
     "qdrop",
     "BRECQ block reconstruction with QDrop: activation quantization dropped at p=0.5 (Wei 2022)",
+    check=lambda *, iters, drop_prob, seed: (
+        ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), drop_prob=drop_prob) and None
+    ),
 )
 def qdrop(
     model: nn.Module,

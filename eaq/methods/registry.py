@@ -28,26 +28,35 @@ class Method:
 
     Attributes:
         options: option name -> default (the function's keyword-only arguments).
+        check: ``check(**options)`` raises :class:`EaqError` for values the method cannot
+            take (an iteration count of 0, say), so that they fail before any work; None when
+            the types are all there is to check.
     """
 
     name: str
     summary: str
     fn: MethodFn
     options: dict
+    check: Callable[..., None] | None = None
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, summary: str) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn`` as method ``name``; ``summary`` is its one line in ``eaq methods``."""
+def register_method(
+    name: str, summary: str, *, check: Callable[..., None] | None = None
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn`` as method ``name``; ``summary`` is its one line in ``eaq methods``.
+
+    ``check(**options)``, when given, validates the option values (see :class:`Method`).
+    """
 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
         params = inspect.signature(fn).parameters.values()
         options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-        _METHODS[name] = Method(name, summary, fn, options)
+        _METHODS[name] = Method(name, summary, fn, options, check)
         return fn
 
     return wrap
@@ -83,6 +92,11 @@ def check_method_options(name: str, options: dict | None) -> dict:
                 f"method {name!r} option {key!r} must be like its default {default!r}, "
                 f"got {value!r}"
             )
+    if method.check is not None:
+        try:
+            method.check(**{**method.options, **options})
+        except EaqError as e:
+            raise EaqError(f"method {name!r}: {e}") from None
     return options
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from eaq.errors import EaqError
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, get_method, register_method
 from eaq.nn import QuantSummary
@@ -98,10 +99,24 @@ def smooth_(model: nn.Module, calib: Batches, alpha: float = 0.5) -> dict[str, T
     return factors
 
 
-@register_method("smoothquant", "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ")
+def _check(*, alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise EaqError(f"alpha must be in [0, 1], got {alpha}")
+
+
+@register_method(
+    "smoothquant",
+    "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ",
+    check=_check,
+)
 def smoothquant(
     model: nn.Module, plan: Plan, calib: Batches, *, alpha: float = 0.5
 ) -> QuantSummary:
+    if not find_norm_linear_pairs(model):
+        raise EaqError(
+            "smoothquant needs LayerNorm -> Linear pairs (transformer blocks) and this model has "
+            "none; pick another method (`eaq methods`)"
+        )
     fold_batchnorm_(model)
     smooth_(model, calib, alpha=alpha)
     return get_method("ptq").fn(model, plan, calib)

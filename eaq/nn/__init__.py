@@ -1,7 +1,7 @@
 """Quantized layers and the model-surgery walker that puts them into a model."""
 
-from eaq.nn.attention import QuantAttention
-from eaq.nn.layers import QuantConv2d, QuantLinear, QuantMatMul
+from eaq.nn.attention import QuantAttention, QuantMultiheadAttention
+from eaq.nn.layers import QuantConv2d, QuantConv2dSame, QuantLinear, QuantMatMul
 from eaq.nn.surgery import (
     ATTENTION_MAP,
     GELU_TYPES,
@@ -12,6 +12,7 @@ from eaq.nn.surgery import (
     calibrate_,
     check_plan,
     input_roles,
+    layer_kind,
     open_outputs,
     quantizable_layers,
     quantize_,
@@ -24,6 +25,8 @@ __all__ = [
     "MLP_TYPES",
     "LayerSummary",
     "QuantAttention",
+    "QuantConv2dSame",
+    "QuantMultiheadAttention",
     "QuantConv2d",
     "QuantLinear",
     "QuantMatMul",
@@ -31,6 +34,7 @@ __all__ = [
     "calibrate_",
     "check_plan",
     "input_roles",
+    "layer_kind",
     "open_outputs",
     "quantizable_layers",
     "quantize_",

@@ -72,6 +72,20 @@ class QuantConv2d(nn.Conv2d):
         return _apply(self.output_quantizer, y)
 
 
+class QuantConv2dSame(QuantConv2d):
+    """timm's ``Conv2dSame`` (TensorFlow "same" padding computed from the input) quantized:
+    the input is quantized, then padded with zeros (a code of its own), then convolved."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.layers.padding import pad_same
+
+        x = _apply(self.input_quantizer, x)
+        x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
+        w = _apply(self.weight_quantizer, self.weight)
+        y = F.conv2d(x, w, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+        return _apply(self.output_quantizer, y)
+
+
 class QuantLinear(nn.Linear):
     """``nn.Linear`` with fake-quantized weight and input, and optionally output (as
     :class:`QuantConv2d`)."""

@@ -21,24 +21,68 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
+from timm.layers import Conv2dSame as TimmConv2dSame
 from timm.layers import Mlp as TimmMlp
 from timm.layers.activations import GELU as TimmGELU
 from timm.layers.activations import GELUTanh as TimmGELUTanh
 from torch import nn
 
 from eaq.errors import EaqError
-from eaq.nn.attention import MATMUL_NAMES, QuantAttention
-from eaq.nn.layers import QuantConv2d, QuantLinear, QuantMatMul
+from eaq.nn.attention import (
+    MATMUL_NAMES,
+    PROJECTION_NAMES,
+    QuantAttention,
+    QuantMultiheadAttention,
+)
+from eaq.nn.layers import QuantConv2d, QuantConv2dSame, QuantLinear, QuantMatMul
 from eaq.plan import LayerConfig, LayerRef, Plan
 from eaq.quant import block_size, calibration, format_granularity, make_quantizer
 
 LAYER_MAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
     nn.Linear: QuantLinear,
+    TimmConv2dSame: QuantConv2dSame,
 }
-ATTENTION_MAP: dict[type[nn.Module], type[nn.Module]] = {TimmAttention: QuantAttention}
-_KIND = {nn.Conv2d: "conv", QuantConv2d: "conv", nn.Linear: "linear", QuantLinear: "linear"}
+"""Float layer types and their quantized twins. A subclass of one of these types is quantized
+as it when it keeps the type's ``forward``; one with a forward of its own needs an entry here."""
+ATTENTION_MAP: dict[type[nn.Module], type[nn.Module]] = {
+    TimmAttention: QuantAttention,
+    nn.MultiheadAttention: QuantMultiheadAttention,
+}
 _ATTENTION_TYPES = (*ATTENTION_MAP, *ATTENTION_MAP.values())
+_BASES = ((nn.Conv2d, "conv"), (nn.Linear, "linear"))
+
+
+def _twin(module: nn.Module) -> type[nn.Module] | None:
+    """The quantized class for a float conv/linear layer, or None if eaq cannot quantize it."""
+    for cls in type(module).__mro__:
+        if cls in LAYER_MAP:
+            if cls is type(module) or type(module).forward is cls.forward:
+                return LAYER_MAP[cls]
+            return None
+    return None
+
+
+def layer_kind(module: nn.Module, name: str = "") -> str | None:
+    """``"conv"`` or ``"linear"`` for a layer a plan can quantize, None for other modules.
+
+    Raises:
+        EaqError: a Conv2d/Linear subclass with a forward of its own and no quantized twin in
+            :data:`LAYER_MAP` (it would otherwise stay float and vanish from the energy count).
+    """
+    for base, kind in _BASES:
+        if isinstance(module, base):
+            if isinstance(module, (QuantConv2d, QuantLinear)) or _twin(module) is not None:
+                return kind
+            raise EaqError(
+                f"layer {name or '?'} is a {type(module).__name__}, an nn.{base.__name__} "
+                "subclass with a forward of its own that eaq cannot quantize; add its quantized "
+                "twin to eaq.nn.LAYER_MAP, or build the model with plain "
+                f"nn.{base.__name__} layers"
+            )
+    return None
+
+
 MLP_TYPES: tuple[type[nn.Module], ...] = (TimmMlp,)
 """MLPs laid out ``fc1 -> act -> drop1 -> norm -> fc2`` (timm's ``Mlp``)."""
 GELU_TYPES: tuple[type[nn.Module], ...] = (nn.GELU, TimmGELU, TimmGELUTanh)
@@ -58,7 +102,7 @@ def input_roles(model: nn.Module) -> dict[str, str]:
             and isinstance(m.act, GELU_TYPES)
             and isinstance(m.drop1, nn.Dropout | nn.Identity)
             and isinstance(m.norm, nn.Identity)
-            and type(m.fc2) in _KIND
+            and layer_kind(m.fc2) is not None
         ):
             roles[f"{name}.fc2" if name else "fc2"] = "gelu"
     return roles
@@ -81,10 +125,8 @@ class _LayerTracer(torch.fx.Tracer):
     """fx's tracer with conv/linear layers and attention modules as leaves."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (
-            type(m) in _KIND
-            or isinstance(m, _ATTENTION_TYPES)
-            or super().is_leaf_module(m, qualname)
+        return isinstance(m, (nn.Conv2d, nn.Linear, *_ATTENTION_TYPES)) or super().is_leaf_module(
+            m, qualname
         )
 
 
@@ -110,7 +152,9 @@ def open_outputs(model: nn.Module) -> list[str]:
     modules = dict(model.named_modules())
 
     def layer(node) -> bool:
-        return node.op == "call_module" and type(modules[node.target]) in _KIND
+        return (
+            node.op == "call_module" and layer_kind(modules[node.target], node.target) is not None
+        )
 
     def passes(node) -> bool:
         if node.op == "call_module":
@@ -143,19 +187,40 @@ def quantizable_layers(model: nn.Module) -> list[LayerRef]:
     """The layers a plan can address, in module order (float or already quantized model).
 
     An attention module contributes ``<attn>.qk_matmul`` and ``<attn>.av_matmul`` right after
-    its ``qkv`` projection, whether or not it has been converted yet.
+    its input projection (timm's ``qkv``; ``in_proj`` of ``nn.MultiheadAttention``, whose packed
+    projection is listed as a linear layer ``<attn>.in_proj``), whether or not it has been
+    converted yet.
+
+    Raises:
+        EaqError: a conv/linear subclass eaq cannot quantize (see :func:`layer_kind`).
     """
     attention = {name for name, m in model.named_modules() if isinstance(m, _ATTENTION_TYPES)}
     refs: list[LayerRef] = []
+
+    def matmuls(parent: str) -> list[LayerRef]:
+        return [LayerRef(f"{parent}.{m}", "matmul") for m in MATMUL_NAMES]
+
     for name, module in model.named_modules():
-        kind = _KIND.get(type(module))
+        if type(module) is nn.MultiheadAttention:  # its projection is a parameter, not a layer
+            refs.append(LayerRef(f"{name}.in_proj", "linear"))
+            refs.extend(matmuls(name))
+            continue
+        kind = layer_kind(module, name)
         if kind is None:
             continue
         refs.append(LayerRef(name, kind))
         parent, _, leaf = name.rpartition(".")
-        if leaf == "qkv" and parent in attention:
-            refs.extend(LayerRef(f"{parent}.{m}", "matmul") for m in MATMUL_NAMES)
+        if leaf in PROJECTION_NAMES and parent in attention:
+            refs.extend(matmuls(parent))
     return refs
+
+
+def _weight_shape(model: nn.Module, name: str) -> tuple[int, ...]:
+    parent, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    if leaf == "in_proj" and type(owner) is nn.MultiheadAttention:
+        return tuple(owner.in_proj_weight.shape)
+    return tuple(model.get_submodule(name).weight.shape)
 
 
 @dataclass(frozen=True)
@@ -231,7 +296,8 @@ def check_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig | None]:
 
     Changes nothing; raises :class:`EaqError` naming the layer at fault.
     """
-    if any(isinstance(m, (QuantConv2d, QuantLinear, QuantAttention)) for m in model.modules()):
+    quantized = (QuantConv2d, QuantLinear, *ATTENTION_MAP.values())
+    if any(isinstance(m, quantized) for m in model.modules()):
         raise ValueError("model is already quantized; apply a plan to a float model")
     layers = quantizable_layers(model)
     resolved = plan.resolve(layers)
@@ -239,7 +305,7 @@ def check_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig | None]:
         spec = resolved[ref.name].weight_spec() if resolved[ref.name] is not None else None
         if ref.kind == "matmul" or spec is None:
             continue
-        shape = tuple(model.get_submodule(ref.name).weight.shape)
+        shape = _weight_shape(model, ref.name)
         try:
             block_size(shape, spec.granularity)
         except EaqError as e:
@@ -268,7 +334,7 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
         if isinstance(module, QuantMatMul):
             module.configure(cfg if cfg is not None and cfg.a_bits is not None else None)
         elif cfg is not None and (cfg.w_bits is not None or cfg.a_bits is not None):
-            quant = LAYER_MAP[type(module)].from_float(module, cfg, roles.get(ref.name))
+            quant = _twin(module).from_float(module, cfg, roles.get(ref.name))
             if ref.name in outputs and cfg.a_bits is not None:
                 quant.output_quantizer = make_quantizer(cfg.act_spec())
             model.set_submodule(ref.name, quant)

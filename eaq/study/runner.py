@@ -8,7 +8,6 @@ whose key is in the store is skipped, so an interrupted study resumes where it s
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -16,14 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
 from eaq.evaluate import evaluate
-from eaq.methods import quantize_model_
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -35,6 +32,7 @@ from eaq.mixed import (
 )
 from eaq.models import create_model, get_model_info, weights_file
 from eaq.nn import quantizable_layers
+from eaq.pipeline import quantize_and_evaluate
 from eaq.provenance import provenance
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
 from eaq.study.store import Store
@@ -255,13 +253,20 @@ def _run_seed(
                     )
                 result = fp32_cache["fp32"]
             else:
-                torch.manual_seed(seed)
-                model = copy.deepcopy(m.model)
-                quantize_model_(model, plan, calib, method, method_options)
-                calib_seconds = time.perf_counter() - t0
-                result = evaluate(model, m.batches, desc=cname, progress=progress)
-                if entry.onnx:
-                    onnx = _onnx_accuracy(model, m, result, progress)
+                size = m.info.input_size
+                run = quantize_and_evaluate(
+                    m.model,
+                    plan,
+                    calib,
+                    m.batches,
+                    method=method,
+                    method_options=method_options,
+                    seed=seed,
+                    onnx_input_shape=(3, size, size) if entry.onnx else None,
+                    desc=cname,
+                    progress=progress,
+                )
+                result, calib_seconds, onnx = run.result, run.calib_seconds, run.onnx
             report = plan_energy(m.stats, plan, cfg.profile)
             prov = provenance(seed=seed, files={"weights": m.weights_file})
             prov["study_fingerprint"] = cfg.fingerprint()
@@ -318,26 +323,6 @@ def _run_seed(
                     f"({row['seconds']:.1f} s)"
                 )
     return written
-
-
-def _onnx_accuracy(model, m: _Model, result, progress: bool) -> dict:
-    """Export a quantized row's model to ONNX (QDQ) and evaluate it on onnxruntime."""
-    import tempfile
-
-    from eaq.deploy import OnnxModel, export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "row.onnx"
-        size = m.info.input_size
-        export_onnx(model, path, input_shape=(3, size, size))
-        got = evaluate(OnnxModel(path), m.batches, desc="onnxruntime", progress=progress)
-    return {
-        "top1": got.top1,
-        "top5": got.top5,
-        "n_images": got.n_images,
-        "seconds": got.seconds,
-        "delta_top1_vs_eaq": got.top1 - result.top1,
-    }
 
 
 def strategy_needs_sensitivity(name: str) -> bool:
