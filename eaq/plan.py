@@ -143,6 +143,19 @@ class LayerConfig:
         return cls(**d)
 
 
+def first_last_layers(layers: Sequence[LayerRef]) -> set[str]:
+    """The first and the last weight layer (conv or linear): the layers the seed's policy,
+    ``first_last_8bit``, keeps at 8 bits. The one definition of that policy's layers.
+
+    Examples:
+        >>> refs = [LayerRef("a", "conv"), LayerRef("m", "matmul"), LayerRef("z", "linear")]
+        >>> sorted(first_last_layers(refs))
+        ['a', 'z']
+    """
+    weighted = [ref.name for ref in layers if ref.kind in WEIGHT_KINDS]
+    return {weighted[0], weighted[-1]} if weighted else set()
+
+
 def _config_to_json(c: LayerConfig | None) -> dict | None:
     return None if c is None else c.to_dict()
 
@@ -245,8 +258,7 @@ class Plan:
             )
         resolved = {ref.name: self.lookup(ref.name) for ref in layers}
         if self.first_last_8bit:
-            weighted = [ref.name for ref in layers if ref.kind in WEIGHT_KINDS]
-            for name in {weighted[0], weighted[-1]} if weighted else set():
+            for name in first_last_layers(layers):
                 cfg = resolved[name]
                 if name in exact or cfg is None:
                     continue

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from eaq.errors import EaqError, choices_hint
+from eaq.registry import Registry
 
 MAC_RULES = ("bw_ba", "max", "seed")
 """How a MAC's multiplier width follows from the layer's (b_w, b_a); a matmul uses (b_a, b_a).
@@ -186,29 +187,25 @@ class CostProfile:
         return cls.from_dict(data, source=f"cost profile {p}")
 
 
-_REGISTRY: dict[str, CostProfile] = {}
+PROFILES: Registry[CostProfile] = Registry("cost profile")
 
 
 def register_profile(profile: CostProfile, *, overwrite: bool = False) -> CostProfile:
     """Add ``profile`` to the registry under its name and return it."""
-    if profile.name in _REGISTRY and not overwrite:
-        raise ValueError(f"cost profile {profile.name!r} is already registered")
-    _REGISTRY[profile.name] = profile
-    return profile
+    return PROFILES.add(profile.name, profile, overwrite=overwrite)
 
 
 def profile_names() -> list[str]:
     """Names of the registered profiles."""
-    return list(_REGISTRY)
+    return PROFILES.names()
 
 
 def _lookup(name: str) -> CostProfile:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise EaqError(
-            f"unknown cost profile {name!r}; {choices_hint(profile_names())}, or a .yaml file"
-        ) from None
+    if name in PROFILES:
+        return PROFILES.get(name)
+    raise EaqError(
+        f"unknown cost profile {name!r}; {choices_hint(profile_names())}, or a .yaml file"
+    )
 
 
 def get_profile(name_or_path: str | Path | CostProfile) -> CostProfile:
@@ -216,8 +213,8 @@ def get_profile(name_or_path: str | Path | CostProfile) -> CostProfile:
     if isinstance(name_or_path, CostProfile):
         return name_or_path
     key = str(name_or_path)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
+    if key in PROFILES:
+        return PROFILES.get(key)
     if key.endswith((".yaml", ".yml")) or Path(key).is_file():
         if not Path(key).is_file():
             raise EaqError(f"cost profile file not found: {key}")

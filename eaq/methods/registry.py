@@ -17,6 +17,7 @@ from torch import nn
 from eaq.errors import EaqError, choices_hint, like_default
 from eaq.nn import QuantSummary, calibrate_, quantize_
 from eaq.plan import Plan
+from eaq.registry import Registry
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 MethodFn = Callable[..., QuantSummary]
@@ -40,7 +41,7 @@ class Method:
     check: Callable[..., None] | None = None
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
@@ -52,29 +53,24 @@ def register_method(
     """
 
     def wrap(fn: MethodFn) -> MethodFn:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
         params = inspect.signature(fn).parameters.values()
         options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-        _METHODS[name] = Method(name, summary, fn, options, check)
+        METHODS.add(name, Method(name, summary, fn, options, check))
         return fn
 
     return wrap
 
 
 def method_names() -> list[str]:
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def list_methods() -> list[Method]:
-    return list(_METHODS.values())
+    return METHODS.values()
 
 
 def get_method(name: str) -> Method:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise EaqError(f"unknown method {name!r}; {choices_hint(method_names())}") from None
+    return METHODS.get(name)
 
 
 def check_method_options(name: str, options: dict | None) -> dict:

@@ -34,7 +34,8 @@ import numpy as np
 from eaq.energy import ModelStats, energy, plan_energy
 from eaq.errors import EaqError, choices_hint
 from eaq.mixed.sensitivity import Sensitivity
-from eaq.plan import WEIGHT_KINDS, LayerConfig, LayerRef, Plan
+from eaq.plan import LayerConfig, LayerRef, Plan, first_last_layers
+from eaq.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,7 @@ class StrategyContext:
 
     def fixed_layers(self) -> set[str]:
         """Layers held at W8A8 by the first/last policy."""
-        if not self.first_last_8bit:
-            return set()
-        weighted = [r.name for r in self.layers if r.kind in WEIGHT_KINDS]
-        return {weighted[0], weighted[-1]} if weighted else set()
+        return first_last_layers(self.layers) if self.first_last_8bit else set()
 
     def layer_plan(self, widths: dict[str, tuple[int, int]]) -> Plan:
         """A plan with one exact-name rule per layer (fixed layers at W8A8)."""
@@ -111,7 +109,7 @@ class Strategy:
     needs_sensitivity: bool
 
 
-_STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register_strategy(
@@ -120,25 +118,20 @@ def register_strategy(
     """Register ``fn(ctx, **options) -> list[NamedPlan]``; its keyword-only args are options."""
 
     def wrap(fn: StrategyFn) -> StrategyFn:
-        if name in _STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
         params = inspect.signature(fn).parameters.values()
         options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-        _STRATEGIES[name] = Strategy(name, summary, fn, options, needs_sensitivity)
+        STRATEGIES.add(name, Strategy(name, summary, fn, options, needs_sensitivity))
         return fn
 
     return wrap
 
 
 def strategy_names() -> list[str]:
-    return list(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str) -> Strategy:
-    try:
-        return _STRATEGIES[name]
-    except KeyError:
-        raise EaqError(f"unknown strategy {name!r}; {choices_hint(strategy_names())}") from None
+    return STRATEGIES.get(name)
 
 
 def check_options(name: str, options: dict) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from torch import nn
 
-from eaq.errors import EaqError, choices_hint
+from eaq.errors import EaqError
 from eaq.models.weights import load_weights_
 from eaq.paths import default_data_root, repo_root
+from eaq.registry import Registry
 
 Builder = Callable[[int, int], nn.Module]
 """``fn(num_classes, input_size) -> nn.Module`` with random weights."""
@@ -58,7 +59,7 @@ class _Entry:
     pretrained: Builder | None
 
 
-_REGISTRY: dict[str, _Entry] = {}
+MODELS: Registry[_Entry] = Registry("model")
 
 
 def register_model(
@@ -77,9 +78,7 @@ def register_model(
     """
 
     def decorator(fn: Builder) -> Builder:
-        if info.name in _REGISTRY:
-            raise ValueError(f"model {info.name!r} is already registered")
-        _REGISTRY[info.name] = _Entry(info, fn, pretrained)
+        MODELS.add(info.name, _Entry(info, fn, pretrained))
         return fn
 
     return decorator
@@ -87,19 +86,16 @@ def register_model(
 
 def list_models() -> list[ModelInfo]:
     """All registered models, sorted by name."""
-    return [_REGISTRY[name].info for name in sorted(_REGISTRY)]
+    return [MODELS.get(name).info for name in MODELS.names(sort=True)]
 
 
 def model_names() -> list[str]:
     """The registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names(sort=True)
 
 
 def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise EaqError(f"unknown model {name!r}; {choices_hint(model_names())}") from None
+    return MODELS.get(name)
 
 
 def get_model_info(name: str) -> ModelInfo:

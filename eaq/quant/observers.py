@@ -35,6 +35,7 @@ from eaq.quant.granularity import (
     scale_shape,
 )
 from eaq.quant.primitives import _fake_quantize_impl, choose_qparams, quant_range
+from eaq.registry import Registry
 
 __all__ = [
     "EMAObserver",
@@ -47,16 +48,14 @@ __all__ = [
     "register_observer",
 ]
 
-_REGISTRY: dict[str, type[Observer]] = {}
+OBSERVERS: Registry[type[Observer]] = Registry("observer")
 
 
 def register_observer(name: str) -> Callable[[type[Observer]], type[Observer]]:
     """Class decorator that makes an :class:`Observer` subclass available by ``name``."""
 
     def decorator(cls: type[Observer]) -> type[Observer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"observer {name!r} is already registered to {_REGISTRY[name]}")
-        _REGISTRY[name] = cls
+        OBSERVERS.add(name, cls)
         cls.name = name
         return cls
 
@@ -65,7 +64,7 @@ def register_observer(name: str) -> Callable[[type[Observer]], type[Observer]]:
 
 def observer_names() -> list[str]:
     """Names of all registered observers, sorted."""
-    return sorted(_REGISTRY)
+    return OBSERVERS.names(sort=True)
 
 
 def create_observer(name: str, granularity: Granularity, **kwargs) -> Observer:
@@ -74,9 +73,7 @@ def create_observer(name: str, granularity: Granularity, **kwargs) -> Observer:
     Raises:
         EaqError: For an unknown name (listing the valid ones) or an unknown keyword argument.
     """
-    if name not in _REGISTRY:
-        raise EaqError(f"unknown observer {name!r}; {choices_hint(observer_names())}")
-    cls = _REGISTRY[name]
+    cls = OBSERVERS.get(name)
     params = inspect.signature(cls.__init__).parameters
     valid = [p for p in params if p not in ("self", "granularity")]
     unknown = sorted(set(kwargs) - set(valid))
