@@ -1,12 +1,14 @@
 """GPTQ weight rounding (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
 Generative Pre-trained Transformers", ICLR 2023), for convs and linears.
 
-Per layer with weight ``W`` (``[out, in]``; a conv's ``[O, I*kh*kw]``) and float inputs ``X``
-(a conv's input unfolded with ``F.unfold``), GPTQ minimises ``||W X - Q X||^2`` column by column:
+Per layer with weight ``W`` (``[out, in]``; a conv's ``[O, I*kh*kw]``) and inputs ``X`` (a
+conv's input unfolded with ``F.unfold``; by default the inputs the layer gets in the model as
+quantized so far, earlier layers rounded and its own input quantizer applied), GPTQ minimises ``||W X - Q X||^2`` column by column:
 ``H = 2 X X^T`` is accumulated over the calibration set, dampened by 1% of its mean diagonal,
 and the upper Cholesky factor of ``H^-1`` drives the error feedback: each column is rounded to
 the layer's weight grid and its scaled error is spread over the not yet rounded columns (lazy
-updates in blocks of 128 columns).
+updates in blocks of 128 columns). With ``act_order`` (the default of the method) the columns
+are taken in order of decreasing ``diag(H)``.
 
 The grid is the weight quantizer's own (its observer, e.g. minmax or mse, calibrated on the
 float weight); with group granularity each group's scale is recomputed from the error-updated
@@ -30,7 +32,7 @@ from eaq.errors import EaqError
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
-from eaq.nn.hooks import hooks_on
+from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 from eaq.quant import PerChannel, PerGroup, Quantizer, choose_qparams
 from eaq.quant.primitives import _fake_quantize_impl
@@ -99,11 +101,14 @@ def gptq_quantize_weight(
     *,
     block_columns: int = 128,
     percdamp: float = 0.01,
+    act_order: bool = False,
 ) -> Tensor:
     """Round ``layer.weight`` with GPTQ on Hessian ``H``; store it and return it.
 
     ``layer.weight_quantizer`` must be calibrated (its scale sets the grid; group scales are
-    refitted and written back).
+    refitted and written back). With ``act_order`` the columns are rounded in order of
+    decreasing Hessian diagonal (the inputs with the most energy first), as the GPTQ authors'
+    "act-order" does; not with per-group scales, whose groups are contiguous columns.
     """
     quantizer: Quantizer = layer.weight_quantizer
     g = quantizer.spec.granularity
@@ -129,6 +134,12 @@ def gptq_quantize_weight(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
+    perm = None
+    if act_order:
+        if isinstance(g, PerGroup):
+            raise EaqError("act_order does not combine with per-group weight scales")
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
     damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
     L = torch.linalg.cholesky(H)
@@ -157,6 +168,8 @@ def gptq_quantize_weight(
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
     if isinstance(g, PerGroup):
         view = (out, n_cols // group_cols) + (1,) * (len(shape) - 2)
         quantizer.scale = scale.reshape(view).to(quantizer.scale.device)
@@ -169,11 +182,14 @@ def gptq_quantize_weight(
 
 
 @torch.no_grad()
-def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
+def gptq_(model: nn.Module, calib: Batches, *, sequential: bool = True, **kwargs) -> list[str]:
     """Calibrate ``model``'s quantizers on ``calib`` and GPTQ-round its supported weights.
 
-    The Hessians come from the float inputs seen during the calibration pass (quantizers pass
-    activations through while calibrating). Returns the names of the GPTQ-rounded layers.
+    With ``sequential`` (the default), layers are rounded in module order and each layer's
+    Hessian comes from the inputs it gets in the model as quantized so far: the earlier layers
+    already rounded and its own input quantized, as it will run. Without it, every Hessian
+    comes from the float inputs of one calibration pass (cheaper: one pass instead of one per
+    layer). Returns the names of the GPTQ-rounded layers.
     """
     layers = {
         name: m
@@ -181,19 +197,38 @@ def gptq_(model: nn.Module, calib: Batches, **kwargs) -> list[str]:
         if isinstance(m, QuantConv2d | QuantLinear) and gptq_supported(m)
     }
     hessians = {name: _Hessian() for name in layers}
-    pairs = [
-        (m, lambda mod, inp, name=name: hessians[name].add(layer_inputs_2d(mod, inp[0])))
-        for name, m in layers.items()
-    ]
-    with hooks_on(pairs, pre=True):
-        calibrate_(model, calib)
+    if not sequential:
+        pairs = [
+            (m, lambda mod, inp, name=name: hessians[name].add(layer_inputs_2d(mod, inp[0])))
+            for name, m in layers.items()
+        ]
+        with hooks_on(pairs, pre=True):
+            calibrate_(model, calib)
+        for name, layer in layers.items():
+            gptq_quantize_weight(layer, hessians[name].value(), **kwargs)
+            hessians[name] = None  # free it
+        return list(layers)
+
+    calibrate_(model, calib)
+    model.eval()
     for name, layer in layers.items():
+
+        def take(mod, inp, name=name):
+            x = inp[0]
+            if mod.input_quantizer is not None:
+                x = mod.input_quantizer(x)
+            hessians[name].add(layer_inputs_2d(mod, x))
+            raise StopForward
+
+        with hooks_on([(layer, take)], pre=True):
+            for images, _ in calib:
+                forward_until_stopped(model, images)
         gptq_quantize_weight(layer, hessians[name].value(), **kwargs)
-        hessians[name] = None  # free it
+        hessians[name] = None
     return list(layers)
 
 
-def _check(*, percdamp: float, block_columns: int) -> None:
+def _check(*, percdamp: float, block_columns: int, act_order: bool, sequential: bool) -> None:
     if percdamp <= 0:
         raise EaqError(f"percdamp must be > 0 (a fraction of the mean diagonal), got {percdamp}")
     if block_columns < 1:
@@ -212,8 +247,25 @@ def gptq(
     *,
     percdamp: float = 0.01,
     block_columns: int = 128,
+    act_order: bool = True,
+    sequential: bool = True,
 ) -> QuantSummary:
     fold_batchnorm_(model)
     summary = quantize_(model, plan)
-    gptq_(model, calib, percdamp=percdamp, block_columns=block_columns)
+    if act_order and any(isinstance(c.granularity, PerGroup) for c in _configs(plan)):
+        raise EaqError(
+            "gptq: act_order does not combine with per-group weights; pass act_order=false"
+        )
+    gptq_(
+        model,
+        calib,
+        sequential=sequential,
+        percdamp=percdamp,
+        block_columns=block_columns,
+        act_order=act_order,
+    )
     return summary
+
+
+def _configs(plan: Plan):
+    return [c for c in (plan.default, *(c for _, c in plan.rules)) if c is not None]

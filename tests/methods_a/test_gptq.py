@@ -72,3 +72,65 @@ def test_method_on_a_small_cnn():
     summary = quantize_model_(model, Plan.uniform(4, 8), calib, method="gptq")
     assert summary.n_quantized == 2
     assert torch.isfinite(model(calib[0][0])).all()
+
+
+def test_act_order_rounds_the_heaviest_columns_first(monkeypatch):
+    import eaq.methods.gptq as gptq_module
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(32, 8)).eval()
+    calib = _correlated((64, 32))
+    with torch.no_grad():  # make the Hessian's diagonal strongly uneven
+        for x, _ in calib:
+            x[:, :4] *= 10
+    plan = Plan.uniform(3, None, first_last_8bit=False)
+    outs = {}
+    for order in (False, True):
+        m = copy.deepcopy(layer)
+        quantize_(m, plan)
+        gptq_(m, calib, sequential=False, act_order=order)
+        outs[order] = m[0].weight.detach().clone()
+    assert not torch.equal(outs[False], outs[True])
+    seen = []
+    real = gptq_module._fake_quantize_impl
+
+    def spy(w, *args, **kwargs):
+        seen.append(w.clone())
+        return real(w, *args, **kwargs)
+
+    monkeypatch.setattr(gptq_module, "_fake_quantize_impl", spy)
+    m = copy.deepcopy(layer)
+    quantize_(m, plan)
+    gptq_(m, calib, sequential=False, act_order=True)
+    first = seen[0][:, 0]  # the first column rounded is one of the four heavy inputs
+    w0 = layer[0].weight.detach()
+    assert min(float((first - w0[:, j]).abs().max()) for j in range(4)) < 1e-6
+
+
+def test_sequential_hessians_come_from_the_quantized_model(monkeypatch):
+    import eaq.methods.gptq as gptq_module
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    calib = _correlated((32, 16), n=2)
+    plan = Plan.uniform(3, 4, first_last_8bit=False)
+    seen = {}
+    real = gptq_module.gptq_quantize_weight
+
+    def record(layer, H, **kwargs):
+        seen[id(layer)] = H.clone()
+        return real(layer, H, **kwargs)
+
+    monkeypatch.setattr(gptq_module, "gptq_quantize_weight", record)
+    m = copy.deepcopy(model)
+    quantize_(m, plan)
+    gptq_(m, calib, sequential=True, act_order=False)
+    x = torch.cat([b for b, _ in calib])
+    with torch.no_grad():  # layer 2's input in the model as rounded: quantized, layer 1 GPTQ'd
+        inp = m[2].input_quantizer(m[1](m[0](x))).double()
+    expected = 2 * inp.t() @ inp / inp.shape[0]
+    torch.testing.assert_close(seen[id(m[2])], expected)
+    # the float model's input to layer 2 gives another Hessian
+    with torch.no_grad():
+        f = model[1](model[0](x)).double()
+    assert not torch.allclose(seen[id(m[2])], 2 * f.t() @ f / f.shape[0])
