@@ -3,12 +3,12 @@ Generative Pre-trained Transformers", ICLR 2023), for convs and linears.
 
 Per layer with weight ``W`` (``[out, in]``; a conv's ``[O, I*kh*kw]``) and inputs ``X`` (a
 conv's input unfolded with ``F.unfold``; by default the inputs the layer gets in the model as
-quantized so far, earlier layers rounded and its own input quantizer applied), GPTQ minimises ``||W X - Q X||^2`` column by column:
-``H = 2 X X^T`` is accumulated over the calibration set, dampened by 1% of its mean diagonal,
-and the upper Cholesky factor of ``H^-1`` drives the error feedback: each column is rounded to
-the layer's weight grid and its scaled error is spread over the not yet rounded columns (lazy
-updates in blocks of 128 columns). With ``act_order`` (the default of the method) the columns
-are taken in order of decreasing ``diag(H)``.
+quantized so far, earlier layers rounded and its own input quantizer applied), GPTQ minimises
+``||W X - Q X||^2`` column by column. ``H = 2 X X^T`` is accumulated over the calibration set
+and dampened by 1% of its mean diagonal; the upper Cholesky factor of ``H^-1`` drives the error
+feedback: each column is rounded to the layer's weight grid and its scaled error is spread over
+the not yet rounded columns (lazy updates in blocks of 128 columns). With ``act_order`` (the
+method's default) the columns are taken in order of decreasing ``diag(H)``.
 
 The grid is the weight quantizer's own (its observer, e.g. minmax or mse, calibrated on the
 float weight); with group granularity each group's scale is recomputed from the error-updated

@@ -1,9 +1,11 @@
 """Run a study: models x configurations x seeds, each result a row of the store.
 
-Per model: statistics for the energy model once; per seed: the calibration draw and the layer
-sensitivities (stored, reused on resume); per configuration: its plan(s), quantization with
-the study's method, evaluation on the test set, and one row written in one transaction. A row
-whose key is in the store is skipped, so an interrupted study resumes where it stopped.
+Per model: statistics for the energy model and the FP32 evaluation once; per seed: the layer
+sensitivities (stored, reused on resume) and every configuration's plan(s), resolved into a
+list of :class:`RowJob` s; then an executor measures each job (quantization with its method
+through :func:`eaq.pipeline.quantize_and_evaluate`, evaluation on the test set, energy) and the
+driver writes each row in one transaction. A row whose key is in the store is skipped, so an
+interrupted study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm import tqdm
 from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
-from eaq.evaluate import evaluate
+from eaq.evaluate import EvalResult, evaluate
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -33,6 +35,7 @@ from eaq.mixed import (
 from eaq.models import create_model, get_model_info, weights_file
 from eaq.nn import quantizable_layers
 from eaq.pipeline import quantize_and_evaluate
+from eaq.plan import Plan
 from eaq.provenance import provenance
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
 from eaq.study.store import Store
@@ -101,6 +104,7 @@ class _Model:
         self.stats = collect_stats(self.model, self.info.input_size)
         self.layers = quantizable_layers(self.model)
         self.weights_file = weights_file(entry.name, entry.weights, root)
+        self.fp32: EvalResult | None = None  # the FP32 row's evaluation, made once
 
     def calib(self, n: int, seed: int, offset: int = 0):
         return calibration_batches(self.train, n=n, seed=seed, offset=offset, **self.norm)
@@ -132,16 +136,20 @@ def run_study(
     data_root: Path,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
+    executor: InProcessExecutor | None = None,
 ) -> RunSummary:
     """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
 
     ``progress`` shows progress bars; ``say``, when given, receives one line per finished row
-    (for logs, where bars do not belong).
+    (for logs, where bars do not belong). The rows of each model and seed are resolved into
+    :class:`RowJob` s first (:func:`resolve_jobs`), then ``executor`` measures them
+    (:func:`execute_row`; default :class:`InProcessExecutor`) and this driver stores each.
 
     Raises:
         EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
     """
     start = time.perf_counter()
+    executor = executor or InProcessExecutor()
     out = Path(out)
     store = Store.open_folder(out, create=True)
     try:
@@ -165,9 +173,31 @@ def run_study(
                     continue
                 m = _Model(entry, cfg, data_root)
                 check_study(cfg, m)
-                fp32_cache: dict = {}
                 for seed in cfg.seeds:
-                    written += _run_seed(cfg, m, seed, store, done, fp32_cache, bar, progress, say)
+                    n_keys = sum(_n_plans(c) for c in cfg.configs)
+                    if sum(1 for k in done if k[0] == entry.name and k[2] == seed) >= n_keys:
+                        continue
+                    jobs = [
+                        j
+                        for j in resolve_jobs(cfg, m, seed, store, progress)
+                        if (j.model, j.config, j.seed) not in done
+                    ]
+
+                    def measure(job: RowJob, m=m) -> dict:
+                        bar.set_postfix_str(f"{job.model} {job.config} seed {job.seed}")
+                        return execute_row(cfg, m, job, progress)
+
+                    for row in executor.run(jobs, measure):
+                        store.add_result(row)
+                        done.add((row["model"], row["config"], row["seed"]))
+                        written += 1
+                        bar.update(1)
+                        if say is not None:
+                            say(
+                                f"[{len(done)}/{bar.total}] {row['model']} {row['config']} "
+                                f"seed {row['seed']}: top-1 {row['top1']:.2f}%, relative "
+                                f"energy {row['relative_energy']:.4f} ({row['seconds']:.1f} s)"
+                            )
         finally:
             bar.close()
     finally:
@@ -201,128 +231,150 @@ def _sensitivity(
     return sens
 
 
-def _run_seed(
-    cfg,
-    m: _Model,
-    seed: int,
-    store: Store,
-    done: set,
-    fp32_cache: dict,
-    bar,
-    progress: bool,
-    say: Callable[[str], None] | None = None,
-) -> int:
-    name = m.entry.name
-    n_keys = sum(_n_plans(c) for c in cfg.configs)
-    if sum(1 for k in done if k[0] == name and k[2] == seed) >= n_keys:
-        return 0
+@dataclass(frozen=True)
+class RowJob:
+    """One row of a study, fully decided and not yet measured: what an executor runs.
+
+    Attributes:
+        model, config, seed: the row's key (``config`` is ``name@label`` for a budget point).
+        strategy: the strategy that made the plan (``fp32`` rows evaluate the float model).
+        plan: the plan, first/last policy and ``quantize_outputs`` included.
+        method, method_options: the PTQ method.
+        onnx: also evaluate the row through its ONNX export.
+        info: what the strategy recorded, with the config's name, granularity and measure.
+    """
+
+    model: str
+    config: str
+    seed: int
+    strategy: str
+    plan: Plan
+    method: str
+    method_options: dict
+    onnx: bool
+    info: dict
+
+
+class InProcessExecutor:
+    """Runs row jobs one after another in this process (the default executor).
+
+    An executor has one method, ``run(jobs, fn)``, yielding ``fn(job)`` for every job in any
+    order; the driver stores each row as it comes. A distributed executor runs ``fn`` on
+    workers instead.
+    """
+
+    def run(self, jobs: list[RowJob], fn: Callable[[RowJob], dict]):
+        for job in jobs:
+            yield fn(job)
+
+
+def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool):
+    """The rows of one model and seed: sensitivities (stored, reused on resume) and plans."""
     sens = {ms: _sensitivity(cfg, m, seed, store, progress, ms) for ms in _measures(cfg)}
-    calib = m.calib(cfg.calib_size, seed)
     scorer: list[PlanScorer] = []  # made on first use
 
     def plan_loss(plan) -> float:
         if not scorer:
             held_out = m.calib(cfg.sensitivity.score_size, seed, offset=cfg.calib_size)
-            scorer.append(PlanScorer(m.model, calib, held_out))
+            scorer.append(PlanScorer(m.model, m.calib(cfg.calib_size, seed), held_out))
         return scorer[0](plan)
 
-    written = 0
+    jobs = []
     for entry in cfg.configs:
-        n_done = sum(
-            1 for k in done if k[0] == name and k[2] == seed and k[1].split("@")[0] == entry.name
-        )
-        if n_done >= _n_plans(entry):
-            continue
         measure = entry.measure or cfg.sensitivity.measure
-        plans = _plans(entry, m.layers, m.stats, cfg.profile, sens.get(measure), plan_loss)
-        for cname, named in plans:
-            if (name, cname, seed) in done:
-                continue
-            bar.set_postfix_str(f"{name} {cname} seed {seed}")
-            t0 = time.perf_counter()
-            method, method_options = cfg.method_of(entry)
-            calib_seconds = 0.0
-            onnx = None
+        method, method_options = cfg.method_of(entry)
+        for cname, named in _plans(
+            entry, m.layers, m.stats, cfg.profile, sens.get(measure), plan_loss
+        ):
             plan = named.plan
             if entry.quantize_outputs:
                 plan = replace(plan, quantize_outputs=True)
-            if named.strategy == "fp32":
-                if "fp32" not in fp32_cache:
-                    fp32_cache["fp32"] = evaluate(
-                        m.model, m.batches, desc="fp32", progress=progress
-                    )
-                result = fp32_cache["fp32"]
-            else:
-                size = m.info.input_size
-                run = quantize_and_evaluate(
-                    m.model,
-                    plan,
-                    calib,
-                    m.batches,
-                    method=method,
-                    method_options=method_options,
-                    seed=seed,
-                    onnx_input_shape=(3, size, size) if entry.onnx else None,
-                    desc=cname,
-                    progress=progress,
-                )
-                result, calib_seconds, onnx = run.result, run.calib_seconds, run.onnx
-            report = plan_energy(m.stats, plan, cfg.profile)
-            prov = provenance(seed=seed, files={"weights": m.weights_file})
-            prov["study_fingerprint"] = cfg.fingerprint()
-            row = {
-                "model": name,
-                "config": cname,
-                "seed": seed,
-                "strategy": named.strategy,
-                "dataset": m.dataset,
-                "method": method if named.strategy != "fp32" else "none",
-                "top1": result.top1,
-                "top5": result.top5,
-                "n_images": result.n_images,
-                "calib_size": cfg.calib_size,
-                "relative_energy": report.relative_energy,
-                "energy": report.energy,
-                "mac_share": report.mac_share,
-                "memory_share": report.memory_share,
-                "relative_bops": report.relative_bops,
-                "bits": bit_distribution(plan, m.layers),
-                "plan": plan.to_dict(),
-                "layers": [
-                    {
-                        "name": r.name,
-                        "kind": r.kind,
-                        "w_bits": r.w_bits,
-                        "a_bits": r.a_bits,
-                        "energy": r.energy,
-                        "mac_energy": r.mac_energy,
-                        "mem_energy": r.mem_energy,
-                    }
-                    for r in report.layers
-                ],
-                "info": {
-                    "config_base": entry.name,
-                    **named.info,
-                    "granularity": entry.granularity,
-                    "measure": measure if named.strategy in ("percentile", "budget") else None,
-                    "method_options": method_options,
-                    **({"onnx": onnx} if onnx is not None else {}),
-                },
-                "calib_seconds": calib_seconds,
-                "provenance": prov,
-                "seconds": time.perf_counter() - t0,
+            fp32 = named.strategy == "fp32"
+            info = {
+                "config_base": entry.name,
+                **named.info,
+                "granularity": entry.granularity,
+                "measure": measure if named.strategy in ("percentile", "budget") else None,
+                "method_options": method_options,
             }
-            store.add_result(row)
-            done.add((name, cname, seed))
-            written += 1
-            bar.update(1)
-            if say is not None:
-                say(
-                    f"[{len(done)}/{bar.total}] {name} {cname} seed {seed}: "
-                    f"top-1 {result.top1:.2f}%, relative energy {report.relative_energy:.4f} "
-                    f"({row['seconds']:.1f} s)"
+            jobs.append(
+                RowJob(
+                    model=m.entry.name,
+                    config=cname,
+                    seed=seed,
+                    strategy=named.strategy,
+                    plan=plan,
+                    method="none" if fp32 else method,
+                    method_options=method_options,
+                    onnx=entry.onnx and not fp32,
+                    info=info,
                 )
-    return written
+            )
+    return jobs
+
+
+def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False) -> dict:
+    """Measure one row: quantize and evaluate (the pipeline), cost it, and build the row."""
+    t0 = time.perf_counter()
+    calib_seconds = 0.0
+    onnx = None
+    if job.strategy == "fp32":
+        if m.fp32 is None:
+            m.fp32 = evaluate(m.model, m.batches, desc="fp32", progress=progress)
+        result = m.fp32
+    else:
+        size = m.info.input_size
+        run = quantize_and_evaluate(
+            m.model,
+            job.plan,
+            m.calib(cfg.calib_size, job.seed),
+            m.batches,
+            method=job.method,
+            method_options=job.method_options,
+            seed=job.seed,
+            onnx_input_shape=(3, size, size) if job.onnx else None,
+            desc=job.config,
+            progress=progress,
+        )
+        result, calib_seconds, onnx = run.result, run.calib_seconds, run.onnx
+    report = plan_energy(m.stats, job.plan, cfg.profile)
+    prov = provenance(seed=job.seed, files={"weights": m.weights_file})
+    prov["study_fingerprint"] = cfg.fingerprint()
+    return {
+        "model": job.model,
+        "config": job.config,
+        "seed": job.seed,
+        "strategy": job.strategy,
+        "dataset": m.dataset,
+        "method": job.method,
+        "top1": result.top1,
+        "top5": result.top5,
+        "n_images": result.n_images,
+        "calib_size": cfg.calib_size,
+        "relative_energy": report.relative_energy,
+        "energy": report.energy,
+        "mac_share": report.mac_share,
+        "memory_share": report.memory_share,
+        "relative_bops": report.relative_bops,
+        "bits": bit_distribution(job.plan, m.layers),
+        "plan": job.plan.to_dict(),
+        "layers": [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "w_bits": r.w_bits,
+                "a_bits": r.a_bits,
+                "energy": r.energy,
+                "mac_energy": r.mac_energy,
+                "mem_energy": r.mem_energy,
+            }
+            for r in report.layers
+        ],
+        "info": {**job.info, **({"onnx": onnx} if onnx is not None else {})},
+        "calib_seconds": calib_seconds,
+        "provenance": prov,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def strategy_needs_sensitivity(name: str) -> bool:
