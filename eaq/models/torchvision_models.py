@@ -41,8 +41,7 @@ def _resnet18_pretrained(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        # trained here: `eaq train --model resnet18 --epochs 50`, then 5 epochs distilled from
-        # resnet18_cifar (README, FP32 reference; the manifest has both runs' recipes)
+        # trained here (docs/training.md; the manifest records each step's recipe)
         default_weights="checkpoints/resnet18_cifar100.safetensors",
     ),
     pretrained=_resnet18_pretrained,
@@ -62,9 +61,7 @@ def resnet18(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        # trained here on a 2-core CPU in one-session warm-restart steps (not yet a full
-        # schedule), the last three distilled from the file before with CutMix (README, FP32
-        # reference; the manifest's `earlier` table has each step's recipe)
+        # trained here (docs/training.md; the manifest records each step's recipe)
         default_weights="checkpoints/resnet18_cifar_cifar100.safetensors",
     )
 )

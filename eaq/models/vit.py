@@ -78,8 +78,7 @@ def deit_tiny(num_classes: int, input_size: int) -> nn.Module:
         mean=CIFAR100_MEAN,
         std=CIFAR100_STD,
         default_dataset="cifar100",
-        # trained here on a 2-core CPU in one-session steps (not yet a full schedule): 5, 9, 5,
-        # 9, 8, then 8 epochs distilled from resnet18_cifar, lighter augmentation (see README)
+        # trained here (docs/training.md; the manifest records each step's recipe)
         default_weights="checkpoints/deit_tiny_cifar_cifar100.safetensors",
     )
 )
