@@ -4,15 +4,11 @@ Typical use::
 
     stats = collect_stats(model, 224)                   # once per model and input size
     report = plan_energy(stats, plan, "horowitz45nm")   # EnergyReport: per layer and totals
-    coster = PlanCoster(stats, "seed")                  # thousands of plans per second
-    coster.relative(w_bits, a_bits)
 """
 
 from eaq.energy.cost import (
-    FLOAT,
     EnergyReport,
     LayerEnergy,
-    PlanCoster,
     energy,
     layer_widths,
     plan_energy,
@@ -27,14 +23,12 @@ from eaq.energy.profiles import (
 from eaq.energy.stats import LayerStats, ModelStats, collect_stats
 
 __all__ = [
-    "FLOAT",
     "MAC_RULES",
     "CostProfile",
     "EnergyReport",
     "LayerEnergy",
     "LayerStats",
     "ModelStats",
-    "PlanCoster",
     "collect_stats",
     "energy",
     "get_profile",

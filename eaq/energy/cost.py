@@ -45,8 +45,6 @@ from eaq.plan import LayerRef, Plan
 
 Widths = list[tuple[int | None, int | None]]
 MAX_BITS = 32
-FLOAT = 0
-"""How :class:`PlanCoster` encodes a float (unquantized) width in its integer arrays."""
 
 
 def layer_widths(stats: ModelStats, plan: Plan) -> Widths:
@@ -262,81 +260,3 @@ def plan_energy(
 ) -> EnergyReport:
     """:func:`energy` of ``plan`` resolved against ``stats`` (a convenience)."""
     return energy(stats, layer_widths(stats, plan), profile, mac_rule)
-
-
-class PlanCoster:
-    """Energy of many plans from cached statistics: numpy, no model, no Python loop per layer.
-
-    Widths are integer arrays over ``stats.layers`` with :data:`FLOAT` (0) for a float layer;
-    a matmul's ``w_bits`` entry is ignored (its operands are both at ``a_bits``). The numbers
-    equal :func:`energy`'s ``.energy`` for the same widths, profile and rule.
-
-    Examples:
-        >>> from eaq.energy.stats import LayerStats, ModelStats
-        >>> stats = ModelStats((LayerStats("fc", "linear", 100, 100, 10, 10),))
-        >>> coster = PlanCoster(stats, "seed")
-        >>> coster.cost(np.array([8]), np.array([8])), coster.energy_fp32
-        (24100.0, 97600.0)
-    """
-
-    def __init__(
-        self, stats: ModelStats, profile: CostProfile | str, mac_rule: str | None = None
-    ) -> None:
-        self.profile = get_profile(profile)
-        self.mac_rule = _resolve_rule(self.profile, mac_rule)
-        self.names = [layer.name for layer in stats.layers]
-        p = self.profile
-        self._macs = np.array([layer.macs for layer in stats.layers], dtype=np.float64)
-        self._w_mem = p.weight_mem * np.array([x.weight_elems for x in stats.layers], np.float64)
-        self._a_mem = np.array(
-            [x.input_elems * p.act_read + x.output_elems * p.act_write for x in stats.layers],
-            dtype=np.float64,
-        )
-        self._matmul = np.array([layer.kind == "matmul" for layer in stats.layers])
-        self.energy_fp32 = float(
-            self._macs.sum() * p.fp32_mac + 32 * (self._w_mem + self._a_mem).sum()
-        )
-
-    @staticmethod
-    def encode(widths: Sequence[tuple[int | None, int | None]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(w_bits, a_bits)`` arrays from :func:`layer_widths` pairs (None -> :data:`FLOAT`)."""
-        w = np.array([FLOAT if b is None else b for b, _ in widths], dtype=np.int64)
-        a = np.array([FLOAT if b is None else b for _, b in widths], dtype=np.int64)
-        return w, a
-
-    def cost_batch(self, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
-        """Energies of ``P`` plans: ``w_bits`` and ``a_bits`` of shape ``[P, L]`` -> ``[P]``."""
-        a = np.asarray(a_bits, dtype=np.int64)
-        w = np.where(self._matmul, a, np.asarray(w_bits, dtype=np.int64))
-        if w.shape != a.shape or w.shape[-1] != len(self.names):
-            raise ValueError(
-                f"expected widths of shape [..., {len(self.names)}], got {w.shape}, {a.shape}"
-            )
-        if w.size and (min(w.min(), a.min()) < 0 or max(w.max(), a.max()) > MAX_BITS):
-            raise EaqError(f"bits must be in 1..{MAX_BITS} (or {FLOAT} for float)")
-        p = self.profile
-        fw, fa = w == FLOAT, a == FLOAT
-        is_float = fw | fa
-        fb = p.float_bits
-        if self.mac_rule == "seed":
-            m1 = m2 = np.maximum(w, a)
-            wb = ab = np.where(is_float, fb, m1)
-        else:
-            if self.mac_rule == "max":
-                m1 = m2 = np.maximum(w, a)
-            else:
-                m1, m2 = w, a
-            wb = np.where(fw, fb, w)
-            ab = np.where(fa, fb, a)
-        mac = np.where(
-            is_float, p.float_mac, p.int_mult * (m1 * m2) / 64 + p.int_add * (m1 + m2) / 8
-        )
-        return mac @ self._macs + wb @ self._w_mem + ab @ self._a_mem
-
-    def cost(self, w_bits: np.ndarray, a_bits: np.ndarray) -> float:
-        """Energy of one plan (arrays of shape ``[L]``)."""
-        return float(self.cost_batch(np.asarray(w_bits)[None], np.asarray(a_bits)[None])[0])
-
-    def relative(self, w_bits: np.ndarray, a_bits: np.ndarray) -> float:
-        """Energy of one plan relative to FP32."""
-        return self.cost(w_bits, a_bits) / self.energy_fp32

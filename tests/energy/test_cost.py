@@ -1,15 +1,10 @@
 """Energy, BOPs and profiles: the seed's Table 1, hand-computed figures, the fast coster."""
 
-import time
-
-import numpy as np
 import pytest
 import torchvision
 
 from eaq.energy import (
-    FLOAT,
     CostProfile,
-    PlanCoster,
     collect_stats,
     energy,
     get_profile,
@@ -114,42 +109,10 @@ def vit_stats():
     return collect_stats(model, 32)
 
 
-@pytest.mark.parametrize("profile", ["seed", "horowitz45nm"])
-@pytest.mark.parametrize("rule", ["bw_ba", "max", "seed"])
-def test_plan_coster_equals_energy(vit_stats, profile, rule):
-    stats = vit_stats
-    rng = np.random.default_rng(0)
-    n = len(stats.layers)
-    coster = PlanCoster(stats, profile, rule)
-    choices = [None, 2, 4, 6, 8, 16]
-    batch_w, batch_a, expected = [], [], []
-    for _ in range(20):
-        widths = [(choices[i], choices[j]) for i, j in rng.integers(0, len(choices), (n, 2))]
-        ref = energy(stats, widths, profile, rule)
-        w, a = PlanCoster.encode(widths)
-        assert coster.cost(w, a) == pytest.approx(ref.energy, rel=1e-12)
-        assert coster.energy_fp32 == pytest.approx(ref.energy_fp32, rel=1e-12)
-        batch_w.append(w), batch_a.append(a), expected.append(ref.energy)
-    np.testing.assert_allclose(coster.cost_batch(np.stack(batch_w), np.stack(batch_a)), expected)
-
-
-def test_plan_coster_is_fast(resnet18_seed):
-    coster = PlanCoster(resnet18_seed, "horowitz45nm")
-    rng = np.random.default_rng(0)
-    w = rng.choice([4, 6, 8], size=(2000, len(resnet18_seed.layers)))
-    start = time.perf_counter()
-    for row in w[:500]:
-        coster.cost(row, row)
-    assert time.perf_counter() - start < 1.0  # > 500 plans/s one at a time (measured ~50k/s)
-    assert coster.cost_batch(w, w).shape == (2000,)
-
-
-def test_float_encoding_and_bits_out_of_range(resnet18_seed):
+def test_float_widths_and_bits_out_of_range(resnet18_seed):
     n = len(resnet18_seed.layers)
-    coster = PlanCoster(resnet18_seed, "seed")
-    assert coster.cost(np.full(n, FLOAT), np.full(n, FLOAT)) == pytest.approx(coster.energy_fp32)
-    with pytest.raises(EaqError, match="1..32"):
-        coster.cost(np.full(n, 40), np.full(n, 8))
+    report = energy(resnet18_seed, [(None, None)] * n, "seed")
+    assert report.energy == pytest.approx(report.energy_fp32)
     with pytest.raises(EaqError, match="w_bits.*0"):
         energy(resnet18_seed, [(0, 8)] * n, "seed")
     with pytest.raises(EaqError, match="17"):
@@ -166,7 +129,7 @@ def test_unknown_profile_and_rule(resnet18_seed):
     with pytest.raises(EaqError, match="unknown cost profile 'tpu'.*horowitz45nm"):
         get_profile("tpu")
     with pytest.raises(EaqError, match="MAC rule 'min'"):
-        PlanCoster(resnet18_seed, "seed", "min")
+        energy(resnet18_seed, [(8, 8)] * len(resnet18_seed.layers), "seed", "min")
     assert {"seed", "horowitz45nm"} <= set(profile_names())
 
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from eaq.energy import LayerStats, ModelStats, PlanCoster, plan_energy
+from eaq.energy import LayerStats, ModelStats, energy, plan_energy
 from eaq.errors import EaqError
 from eaq.mixed import (
     Sensitivity,
@@ -79,8 +79,11 @@ def test_percentile_follows_eq6():
 @pytest.mark.parametrize("first_last", [True, False])
 def test_budget_is_optimal_and_within_budget(first_last):
     ctx = _ctx(n=5, first_last=first_last, seed=3)
-    coster = PlanCoster(ctx.stats, "seed")
     sens = ctx.sensitivity.values
+
+    def relative(w):
+        return energy(ctx.stats, [(int(b), int(b)) for b in w], "seed").relative_energy
+
     fixed = ctx.fixed_layers()
     [u4] = make_plans(ctx, "uniform", {"w_bits": 4})
     [u8] = make_plans(ctx, "uniform", {"w_bits": 8})
@@ -90,13 +93,12 @@ def test_budget_is_optimal_and_within_budget(first_last):
         [p] = make_plans(ctx, "budget", {"budgets": [b]})
         budget = p.info["budget_relative"]
         w = np.array([p.plan.resolve(list(ctx.layers))[r.name].w_bits for r in ctx.layers])
-        assert coster.relative(w, w) <= budget + 1e-9
+        assert relative(w) <= budget + 1e-9
         got = sum(sens[i, [4, 6, 8].index(w[i])] for i in range(5) if f"l{i}" not in fixed)
         best = min(  # brute force over all assignments
             sum(sens[i, [4, 6, 8].index(c[i])] for i in range(5) if f"l{i}" not in fixed)
             for c in itertools.product((4, 6, 8), repeat=5)
-            if all(c[i] == 8 for i in range(5) if f"l{i}" in fixed)
-            and coster.relative(np.array(c), np.array(c)) <= budget + 1e-9
+            if all(c[i] == 8 for i in range(5) if f"l{i}" in fixed) and relative(c) <= budget + 1e-9
         )
         assert got == pytest.approx(best, rel=1e-6)
 
@@ -125,7 +127,8 @@ def test_budget_below_cheapest_names_minimum():
 def test_layer_energy_table_sums_to_plan_energy():
     ctx = _ctx(first_last=False)
     table = layer_energy_table(ctx, CANDS)
-    coster = PlanCoster(ctx.stats, "seed")
     choice = [0, 2, 1, 1, 0, 2]
-    w = np.array([CANDS[c][0] for c in choice])
-    assert table[np.arange(6), choice].sum() == pytest.approx(coster.cost(w, w))
+    widths = [CANDS[c] for c in choice]
+    assert table[np.arange(6), choice].sum() == pytest.approx(
+        energy(ctx.stats, widths, "seed").energy
+    )
