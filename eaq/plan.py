@@ -156,6 +156,77 @@ def first_last_layers(layers: Sequence[LayerRef]) -> set[str]:
     return {weighted[0], weighted[-1]} if weighted else set()
 
 
+@dataclass(frozen=True)
+class LayerOption:
+    """A quantizer setting of :class:`LayerConfig` that users set by name.
+
+    :data:`LAYER_OPTIONS` is the one list of them: the command line's options (``--observer``,
+    ``--symmetric false``, ...) and a study config's keys are made from it, so both take the
+    same names, values and defaults.
+
+    Attributes:
+        name: the :class:`LayerConfig` field and the study key (``w_observer``).
+        help: one line for ``--help``.
+        choices: the valid values (a callable, for registries filled at import), or None.
+    """
+
+    name: str
+    help: str
+    choices: object = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default(self):
+        value = getattr(LayerConfig(), self.name)
+        return format_granularity(value) if self.name == "granularity" else value
+
+    def valid(self) -> list | None:
+        if self.choices is None:
+            return None
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+
+def _observers() -> list[str]:
+    from eaq.quant import observer_names
+
+    return observer_names()
+
+
+LAYER_OPTIONS: tuple[LayerOption, ...] = (
+    LayerOption("granularity", "weight granularity: tensor, channel or group:N"),
+    LayerOption("observer", "activation observer", _observers),
+    LayerOption("w_observer", "weight observer", _observers),
+    LayerOption("symmetric", "symmetric ranges (zero point 0); false: affine ranges"),
+    LayerOption(
+        "softmax_quantizer",
+        "quantizer of the attention probabilities (post-softmax inputs)",
+        SOFTMAX_QUANTIZERS,
+    ),
+    LayerOption("gelu_quantizer", "quantizer of post-GELU inputs (an MLP's fc2)", GELU_QUANTIZERS),
+)
+
+
+def layer_config(w_bits: int | None, a_bits: int | None, **options) -> LayerConfig:
+    """A :class:`LayerConfig` from :data:`LAYER_OPTIONS` values as users write them
+    (granularity as text); options not given take their defaults.
+
+    Examples:
+        >>> layer_config(4, 8, granularity="tensor", symmetric=False).granularity
+        PerTensor()
+    """
+    unknown = sorted(set(options) - {o.name for o in LAYER_OPTIONS})
+    if unknown:
+        raise EaqError(
+            f"unknown layer option(s) {unknown}; valid: {[o.name for o in LAYER_OPTIONS]}"
+        )
+    values = {o.name: options.get(o.name, o.default) for o in LAYER_OPTIONS}
+    values["granularity"] = parse_granularity(values["granularity"])
+    return LayerConfig(w_bits=w_bits, a_bits=a_bits, **values)
+
+
 def _config_to_json(c: LayerConfig | None) -> dict | None:
     return None if c is None else c.to_dict()
 

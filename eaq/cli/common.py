@@ -9,8 +9,8 @@ import sys
 from eaq.data import dataset_names
 from eaq.errors import EaqError, choices_hint
 from eaq.models import ModelInfo, get_model_info
-from eaq.plan import Plan
-from eaq.quant import MAX_BITS, MIN_BITS, parse_granularity
+from eaq.plan import LAYER_OPTIONS, Plan, layer_config
+from eaq.quant import MAX_BITS, MIN_BITS
 
 
 def add_model_args(
@@ -50,24 +50,41 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def add_layer_options(g) -> None:
+    """The quantizer settings of :data:`eaq.plan.LAYER_OPTIONS` as options of a command."""
+    for opt in LAYER_OPTIONS:
+        default = opt.default
+        # values are checked where the config is made, with eaq's one-line errors
+        kwargs = dict(type=_bool, metavar="true|false") if isinstance(default, bool) else {}
+        shown = str(default).lower() if isinstance(default, bool) else default
+        valid = f": {', '.join(opt.valid())}" if opt.valid() is not None else ""
+        g.add_argument(
+            opt.flag,
+            dest=opt.name,
+            default=default,
+            help=f"{opt.help}{valid} (default {shown})",
+            **kwargs,
+        )
+
+
+def layer_options(args: argparse.Namespace) -> dict:
+    """The :data:`eaq.plan.LAYER_OPTIONS` values a command was given, by name."""
+    return {opt.name: getattr(args, opt.name) for opt in LAYER_OPTIONS}
+
+
 def add_plan_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("quantization plan")
+    g = p.add_argument_group("quantization plan (ignored with --plan)")
     g.add_argument("--w-bits", type=int, default=8, help="weight bits, 2..16 (default 8)")
     g.add_argument("--a-bits", type=int, default=8, help="activation bits, 2..16 (default 8)")
-    g.add_argument(
-        "--granularity",
-        default="channel",
-        help="weight granularity: tensor, channel or group:N (default channel)",
-    )
-    g.add_argument(
-        "--observer",
-        default="minmax",
-        help="activation observer: minmax, ema, percentile, mse, kl or aciq (default minmax)",
-    )
-    g.add_argument("--w-observer", default="minmax", help="weight observer (default minmax)")
-    g.add_argument(
-        "--affine", action="store_true", help="affine (zero-point) instead of symmetric ranges"
-    )
+    add_layer_options(g)
     g.add_argument(
         "--quantize-first-last",
         action="store_true",
@@ -99,13 +116,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     for flag, bits in (("--w-bits", args.w_bits), ("--a-bits", args.a_bits)):
         if not MIN_BITS <= bits <= MAX_BITS:
             raise EaqError(f"{flag} must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
-    return Plan.uniform(
-        args.w_bits,
-        args.a_bits,
-        granularity=parse_granularity(args.granularity),
-        observer=args.observer,
-        w_observer=args.w_observer,
-        symmetric=not args.affine,
+    return Plan(
+        default=layer_config(args.w_bits, args.a_bits, **layer_options(args)),
         first_last_8bit=not args.quantize_first_last,
         quantize_outputs=args.quantize_outputs,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import torch
 
@@ -33,7 +32,6 @@ from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.pipeline import onnx_accuracy, quantize_and_evaluate
-from eaq.plan import GELU_QUANTIZERS, SOFTMAX_QUANTIZERS
 from eaq.provenance import provenance, sha256
 from eaq.table import format_table
 
@@ -51,19 +49,6 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     add_plan_args(p)
-    v = p.add_argument_group("ViT activation quantizers (ignored with --plan)")
-    v.add_argument(
-        "--softmax-quantizer",
-        choices=SOFTMAX_QUANTIZERS,
-        default="uniform",
-        help="quantizer of the attention probabilities (post-softmax): uniform, log2 or twin",
-    )
-    v.add_argument(
-        "--gelu-quantizer",
-        choices=GELU_QUANTIZERS,
-        default="uniform",
-        help="quantizer of the MLP's post-GELU activations (input of fc2): uniform or twin",
-    )
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-size", type=int, default=256, help="calibration images (default 256)")
     g.add_argument("--method", default="ptq", help="PTQ method (see `eaq methods`; default ptq)")
@@ -99,13 +84,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     info, dataset = model_and_dataset(args)
     plan = plan_from_args(args)
-    if args.plan is None and plan.default is not None:
-        default = replace(
-            plan.default,
-            softmax_quantizer=args.softmax_quantizer,
-            gelu_quantizer=args.gelu_quantizer,
-        )
-        plan = replace(plan, default=default)
     get_method(args.method)
     method_options = parse_method_options(args.method, args.method_option)
     check_positive("--limit", args.limit)

@@ -8,14 +8,21 @@ from pathlib import Path
 
 import torch
 
-from eaq.cli.common import add_model_args, check_positive, log, model_and_dataset, print_json
+from eaq.cli.common import (
+    add_layer_options,
+    add_model_args,
+    check_positive,
+    layer_options,
+    log,
+    model_and_dataset,
+    print_json,
+)
 from eaq.data import calibration_batches, load_dataset
 from eaq.errors import EaqError
 from eaq.mixed import MEASURES, candidate_grid, layer_sensitivity
 from eaq.models import create_model
 from eaq.paths import resolve_data_root
-from eaq.plan import LayerConfig
-from eaq.quant import parse_granularity
+from eaq.plan import layer_config
 from eaq.table import format_table
 
 
@@ -46,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--a-widths", default=None, help="activation bits; all (w, a) pairs (default: a = w)"
     )
-    p.add_argument("--granularity", default="channel", help="weight granularity (default channel)")
+    add_layer_options(p.add_argument_group("quantizer settings of the candidates"))
     p.add_argument(
         "--measure",
         default="l2",
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     info, dataset = model_and_dataset(args)
     check_positive("--calib-size", args.calib_size)
     cands = candidate_grid(_widths(args.widths, "--widths"), _widths(args.a_widths, "--a-widths"))
-    base = LayerConfig(granularity=parse_granularity(args.granularity))
+    base = layer_config(8, 8, **layer_options(args))
     root = resolve_data_root(args.data_root)
     torch.manual_seed(args.seed)
     model = create_model(

@@ -41,7 +41,7 @@ import yaml
 from eaq.errors import EaqError, choices_hint
 from eaq.mixed.sensitivity import MEASURES
 from eaq.mixed.strategies import get_strategy, strategy_names
-from eaq.plan import GELU_QUANTIZERS, SOFTMAX_QUANTIZERS, LayerConfig
+from eaq.plan import LAYER_OPTIONS, LayerConfig, layer_config
 from eaq.quant import parse_granularity
 
 
@@ -89,9 +89,9 @@ def _parse_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
-COMMON_KEYS = ("name", "strategy", "granularity", "observer", "w_observer", "symmetric")
-COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options")
-COMMON_KEYS += ("softmax_quantizer", "gelu_quantizer", "quantize_outputs", "onnx")
+COMMON_KEYS = ("name", "strategy", *(o.name for o in LAYER_OPTIONS))
+COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options", "quantize_outputs")
+COMMON_KEYS += ("onnx",)
 OFF_BY_DEFAULT = ("quantize_outputs", "onnx")
 """Config keys written into the study's fingerprint only when on (older studies keep theirs)."""
 
@@ -144,14 +144,7 @@ class ConfigEntry:
     onnx: bool = False  # also export each row to ONNX and evaluate it on onnxruntime
 
     def base(self) -> LayerConfig:
-        return LayerConfig(
-            granularity=parse_granularity(self.granularity),
-            observer=self.observer,
-            w_observer=self.w_observer,
-            symmetric=self.symmetric,
-            softmax_quantizer=self.softmax_quantizer,
-            gelu_quantizer=self.gelu_quantizer,
-        )
+        return layer_config(8, 8, **{o.name: getattr(self, o.name) for o in LAYER_OPTIONS})
 
     @property
     def options_dict(self) -> dict:
@@ -308,7 +301,6 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
     from eaq.energy import profile_names
     from eaq.methods import method_names
     from eaq.models import model_names
-    from eaq.quant import observer_names
 
     c = _Checker(source)
     root = _parse_yaml(text, source)
@@ -395,23 +387,22 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             parse_granularity(gran)
         except EaqError as e:
             raise c.fail(m.key_lines["granularity"], p + "granularity", str(e)) from None
+        layer = {
+            o.name: c.bool_(m, o.name, p, default=o.default)
+            if isinstance(o.default, bool)
+            else c.str_(m, o.name, p, default=o.default, choices=o.valid())
+            for o in LAYER_OPTIONS
+            if o.name != "granularity"
+        }
         entry = ConfigEntry(
             name=cname,
             strategy=strategy,
             options=tuple((k, _freeze(v)) for k, v in m.items() if k not in COMMON_KEYS),
             granularity=gran,
-            observer=c.str_(m, "observer", p, default="minmax", choices=observer_names()),
-            w_observer=c.str_(m, "w_observer", p, default="minmax", choices=observer_names()),
-            symmetric=c.bool_(m, "symmetric", p, default=True),
+            **layer,
             first_last_8bit=c.bool_(m, "first_last_8bit", p, default=True),
             measure=c.str_(m, "measure", p, default=None, choices=MEASURES),
             method=c.str_(m, "method", p, default=None, choices=method_names()),
-            softmax_quantizer=c.str_(
-                m, "softmax_quantizer", p, default="uniform", choices=SOFTMAX_QUANTIZERS
-            ),
-            gelu_quantizer=c.str_(
-                m, "gelu_quantizer", p, default="uniform", choices=GELU_QUANTIZERS
-            ),
             quantize_outputs=c.bool_(m, "quantize_outputs", p, default=False),
             onnx=c.bool_(m, "onnx", p, default=False),
         )
