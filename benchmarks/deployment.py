@@ -128,6 +128,12 @@ def bench(name: str, plan: Plan, root: Path, work: Path, repeats: int) -> list[d
         r["size_ratio"] = r["disk_bytes"] / base["disk_bytes"]
     rows[-1]["artifact_bytes"] = meta["artifact_bytes"]
     rows[-1]["artifact_size_ratio"] = meta["artifact_bytes"] / fp32_file.stat().st_size
+    w4 = create_model(name, weights="default", data_root=root)  # the size of a 4-bit artifact
+    plan4 = Plan.uniform(4, 4)
+    quantize_model_(w4, plan4, calib, "ptq")
+    meta4 = save_quantized(w4, work / f"{name}_w4a4", spec=spec, plan=plan4)
+    rows[-1]["w4a4_artifact_bytes"] = meta4["artifact_bytes"]
+    rows[-1]["w4a4_artifact_size_ratio"] = meta4["artifact_bytes"] / fp32_file.stat().st_size
     return rows
 
 
@@ -210,7 +216,9 @@ def main() -> None:
         if "artifact_bytes" in r:
             print(
                 f"{r['model']}: eaq artifact {r['artifact_bytes'] / 2**20:.2f} MiB, "
-                f"{r['artifact_size_ratio']:.3f}x the FP32 state dict"
+                f"{r['artifact_size_ratio']:.3f}x the FP32 state dict; at W4A4 "
+                f"{r['w4a4_artifact_bytes'] / 2**20:.2f} MiB, "
+                f"{r['w4a4_artifact_size_ratio']:.3f}x"
             )
     if not counter:
         print(f"no energy counter readable here ({RAPL}): joules per image not measured")

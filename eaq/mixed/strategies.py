@@ -94,6 +94,7 @@ class StrategyContext:
         names = tuple(r.name for r in self.layers)
         if self.sensitivity.names != names:
             raise EaqError("the sensitivities were measured on a different set of layers")
+        check_finite(self.layers, self.sensitivity.candidates, self.sensitivity.values)
         return self.sensitivity
 
 
@@ -251,6 +252,18 @@ def _budget_value(ctx: StrategyContext, budget, energy_fp32: float) -> tuple[flo
     return float(budget) * energy_fp32, f"{float(budget):.3f}"
 
 
+def check_finite(layers: Sequence[LayerRef], candidates, values: np.ndarray) -> None:
+    """EaqError naming the first layer and candidate whose sensitivity is NaN or infinite."""
+    bad = np.argwhere(~np.isfinite(np.asarray(values, dtype=np.float64)))
+    if len(bad):
+        i, c = bad[0]
+        raise EaqError(
+            f"the sensitivity of layer {layers[i].name} at W{candidates[c][0]}A{candidates[c][1]}"
+            f" is {values[i, c]} ({len(bad)} non-finite values in all); strategies need finite "
+            "ones: check the model's outputs on the calibration images"
+        )
+
+
 def solve_budget(
     ctx: StrategyContext,
     candidates: Sequence[tuple[int, int]],
@@ -269,7 +282,8 @@ def solve_budget(
         if ref.name in fixed
     )
     e = table[free]
-    s = np.nan_to_num(sens[free], nan=1e30)
+    check_finite(ctx.layers, candidates, sens)
+    s = np.asarray(sens[free], dtype=np.float64)
     n_free, n_c = e.shape
     scale_s = max(float(np.abs(s).max()), 1e-30)
     scale_e = max(float(e.max()), 1e-30)
@@ -283,8 +297,10 @@ def solve_budget(
         bounds=Bounds(0, 1),
         options={"time_limit": 60},
     )
-    if res.x is None:
+    if res.status == 2:  # infeasible: no plan within the budget
         return None
+    if res.status != 0 or res.x is None:
+        raise EaqError(f"the budget's integer program did not solve: {res.message}")
     choice = np.asarray(res.x).reshape(n_free, n_c).argmax(axis=1)
     return {ctx.layers[i].name: tuple(candidates[c]) for i, c in zip(free, choice, strict=True)}
 
@@ -367,7 +383,10 @@ def _select_by_loss(
     scored = []
     for name, plan in options:
         report = plan_energy(ctx.stats, plan, ctx.profile)
-        scored.append((ctx.plan_loss(plan), name, plan, report.relative_energy))
+        loss = ctx.plan_loss(plan)
+        if not np.isfinite(loss):
+            raise EaqError(f"the measured loss (KL) of plan {name} is {loss}; it must be finite")
+        scored.append((loss, name, plan, report.relative_energy))
     best = min(range(len(scored)), key=lambda i: (scored[i][0], i))  # ties: the program's plan
     rows = [
         {"name": name, "relative_energy": rel, "loss": loss, "chosen": i == best}

@@ -132,3 +132,21 @@ def test_layer_energy_table_sums_to_plan_energy():
     assert table[np.arange(6), choice].sum() == pytest.approx(
         energy(ctx.stats, widths, "seed").energy
     )
+
+
+def test_a_nan_sensitivity_is_an_error_not_a_silent_energy_minimum():
+    from dataclasses import replace
+
+    ctx = _ctx(n=6, first_last=False, seed=1)
+    [good] = make_plans(ctx, "budget", {"budgets": ["W6A6"]})
+    values = ctx.sensitivity.values.copy()
+    values[2, 1] = np.nan
+    bad = replace(ctx, sensitivity=replace(ctx.sensitivity, values=values))
+    with pytest.raises(EaqError, match=r"layer l2 at W6A6 is nan \(1 non-finite"):
+        make_plans(bad, "budget", {"budgets": ["W6A6"]})
+    # read as a huge number (what a nan_to_num does), it swamps every other sensitivity and
+    # the program only minimises its energy tie-break: another plan
+    values[2, 1] = 1e30
+    swamped = replace(ctx, sensitivity=replace(ctx.sensitivity, values=values))
+    [p] = make_plans(swamped, "budget", {"budgets": ["W6A6"]})
+    assert p.plan != good.plan
