@@ -35,7 +35,7 @@ from eaq.mixed import (
 from eaq.models import create_model, get_model_info, weights_file
 from eaq.nn import quantizable_layers
 from eaq.pipeline import quantize_and_evaluate
-from eaq.plan import Plan
+from eaq.plan import LAYER_OPTIONS, Plan
 from eaq.provenance import provenance
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
 from eaq.study.store import Store
@@ -205,28 +205,35 @@ def run_study(
     return RunSummary(out, written, n_before, time.perf_counter() - start)
 
 
-def _measures(cfg: StudyConfig) -> list[str]:
-    """The sensitivity measures the study's strategies need (in config order)."""
-    out: list[str] = []
-    for entry in cfg.configs:
-        if get_strategy(entry.strategy).needs_sensitivity:
-            measure = entry.measure or cfg.sensitivity.measure
-            if measure not in out:
-                out.append(measure)
-    return out
+def sensitivity_key(entry: ConfigEntry, cfg: StudyConfig) -> str:
+    """The stored name of the sensitivity ``entry`` uses: its measure, then the quantizer
+    settings it differs from the defaults in (``l2@granularity=tensor,observer=mse``), so each
+    configuration's sensitivity is measured with its own settings and reused by the others."""
+    measure = entry.measure or cfg.sensitivity.measure
+    own = [
+        f"{o.name}={getattr(entry, o.name)}"
+        for o in LAYER_OPTIONS
+        if getattr(entry, o.name) != o.default
+    ]
+    return measure + ("@" + ",".join(own) if own else "")
 
 
 def _sensitivity(
-    cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool, measure: str
+    cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool, entry: ConfigEntry
 ) -> Sensitivity:
     s_cfg = cfg.sensitivity
     name = m.entry.name
-    if store.has_sensitivity(name, seed, measure):
-        rows = [r for r in store.sensitivity_rows(name, seed) if r["measure"] == measure]
+    key = sensitivity_key(entry, cfg)
+    if store.has_sensitivity(name, seed, key):
+        rows = [r for r in store.sensitivity_rows(name, seed) if r["measure"] == key]
         return Sensitivity.from_rows(rows)
+    measure = entry.measure or s_cfg.measure
     n = s_cfg.kl_calib_size if measure == "kl" else (s_cfg.calib_size or cfg.calib_size)
     calib = m.calib(min(n, s_cfg.calib_size or cfg.calib_size), seed)
-    sens = layer_sensitivity(m.model, calib, s_cfg.candidates(), measure=measure, progress=progress)
+    sens = layer_sensitivity(
+        m.model, calib, s_cfg.candidates(), base=entry.base(), measure=measure, progress=progress
+    )
+    sens = replace(sens, measure=key)
     store.add_sensitivity(name, seed, sens.to_rows())
     return sens
 
@@ -270,7 +277,11 @@ class InProcessExecutor:
 
 def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool):
     """The rows of one model and seed: sensitivities (stored, reused on resume) and plans."""
-    sens = {ms: _sensitivity(cfg, m, seed, store, progress, ms) for ms in _measures(cfg)}
+    sens: dict[str, Sensitivity] = {}
+    for entry in cfg.configs:
+        key = sensitivity_key(entry, cfg)
+        if get_strategy(entry.strategy).needs_sensitivity and key not in sens:
+            sens[key] = _sensitivity(cfg, m, seed, store, progress, entry)
     scorer: list[PlanScorer] = []  # made on first use
 
     def plan_loss(plan) -> float:
