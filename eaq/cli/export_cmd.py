@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
             "Export a quantized model saved by `eaq quantize --save DIR` to an ONNX file in "
             "the QDQ format, with eaq's own scales, zero points and integer codes (nothing is "
             "calibrated again). onnxruntime runs it on integer kernels: `eaq evaluate --onnx "
-            "FILE`. Weights of 4 bits or fewer are INT4 from opset 21 on, int8 codes below it; "
+            "FILE`. Weights of 4 bits or fewer are INT4 (opset 21), or int8 codes with --opset "
+            "13..20; "
             "BatchNorms after a conv are folded into its per-channel scales. Log2/twin "
             "quantizers have no QDQ form: they are an error unless --float-nonuniform."
         ),
@@ -48,7 +49,8 @@ def add_export_args(p) -> None:
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
-        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}: INT4 weights)",
+        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: 21 when weights of 4 bits or "
+        "fewer need INT4, else 20)",
     )
     p.add_argument(
         "--float-nonuniform",
@@ -69,7 +71,7 @@ def check_export_args(args: argparse.Namespace) -> None:
     """Fail before any work: the runtimes, the opset and the output file's folder."""
     require_onnx()
     require_onnxruntime()
-    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+    if args.opset is not None and not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise EaqError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {args.opset}")
     out = Path(args.onnx)
     if out.suffix != ".onnx":

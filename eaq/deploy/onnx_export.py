@@ -27,8 +27,11 @@ log2/twin quantizers       not expressible in QDQ: an error naming the layers, o
                            float with ``float_nonuniform=True``
 =========================  ==================================================================
 
-The graph comes from PyTorch's TorchScript exporter at opset 20 (its newest); a higher opset
-is reached with ONNX's version converter.
+The graph comes from PyTorch's TorchScript exporter at opset 20 (its newest); opset 21, which
+INT4 needs, is reached with ONNX's version converter. By default the opset is 21 when some
+weight has 4 bits or fewer and 20 otherwise: onnxruntime 1.32's QDQ propagation builds an
+invalid QuantizeLinear at opset 21 in some ViT graphs (:class:`eaq.deploy.OnnxModel` turns that
+transformer off, since eaq's graph already holds its Q/DQ pairs where the kernels need them).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from eaq.quant import PerChannel, PerTensor, Quantizer, dequantize, fake_quantiz
 MIN_OPSET = 13  # per-channel DequantizeLinear
 MAX_OPSET = 21  # INT4 initializers
 TORCH_MAX_OPSET = 20  # the TorchScript exporter's newest opset
-DEFAULT_OPSET = 21
+DEFAULT_OPSET = None  # 21 when INT4 weights need it, else 20
 INT4_OPSET = 21
 
 
@@ -409,7 +412,7 @@ def export_onnx(
     path: str | Path,
     *,
     input_shape: tuple[int, int, int],
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = DEFAULT_OPSET,
     float_nonuniform: bool = False,
     metadata: dict | None = None,
 ) -> ExportReport:
@@ -419,7 +422,8 @@ def export_onnx(
         model: the quantized model (``eaq.quantize_`` and calibration, or a loaded artifact).
         path: the ``.onnx`` file to write.
         input_shape: ``(channels, height, width)`` of one image; the batch is dynamic.
-        opset: ONNX opset, 13..21; from 21 on, weights of 4 bits or fewer are INT4.
+        opset: ONNX opset, 13..21; from 21 on, weights of 4 bits or fewer are INT4. None: 21
+            when the model has such weights, else 20.
         float_nonuniform: keep the inputs of log2/twin quantizers in float instead of failing.
         metadata: JSON-ready facts stored in the file under the key ``eaq`` (the model's
             name, data set and normalisation: ``eaq evaluate --onnx`` reads them).
@@ -427,10 +431,13 @@ def export_onnx(
     Returns:
         An :class:`ExportReport`.
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise EaqError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
     path = Path(path)
     export, info = export_model(model, float_nonuniform=float_nonuniform)
+    narrow = sum(isinstance(m, _WeightCodes) and m.bits <= 4 for m in export.modules())
+    if opset is None:
+        opset = INT4_OPSET if narrow else TORCH_MAX_OPSET
     from eaq.deploy.runtime import require_onnx
 
     onnx = require_onnx()

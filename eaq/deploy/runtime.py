@@ -39,7 +39,7 @@ def require_onnx():
 
 
 def session(path: str | Path, *, threads: int | None = None):
-    """An onnxruntime CPU session for ``path`` (all graph optimizations on)."""
+    """An onnxruntime CPU session for ``path`` (graph optimizations on, but QDQ propagation)."""
     ort = require_onnxruntime()
     path = Path(path)
     if not path.is_file():
@@ -49,7 +49,14 @@ def session(path: str | Path, *, threads: int | None = None):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path),
+            options,
+            providers=["CPUExecutionProvider"],
+            # onnxruntime 1.32's QDQ propagation writes an invalid QuantizeLinear at opset 21
+            # in ViT graphs; eaq's Q/DQ pairs already sit where the integer kernels need them
+            disabled_optimizers=["QDQPropagationTransformer"],
+        )
     except Exception as e:  # onnxruntime raises its own types for unreadable files
         text = " ".join(str(e).split())[:300]
         raise EaqError(f"onnxruntime cannot load {path}: {text}") from None

@@ -21,7 +21,7 @@ def one_step_bound(model) -> float:
     return step * float(w.abs().sum(1).max())
 
 
-def run_both(model, path, size, opset=21, n=64):
+def run_both(model, path, size, opset=None, n=64):
     report = export_onnx(model, path, input_shape=(3, size, size), opset=opset)
     x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -206,3 +206,13 @@ def test_quantized_outputs_make_every_conv_an_integer_kernel(tmp_path):
     export_onnx(plain, tmp_path / "p.onnx", input_shape=(3, 8, 8))
     ops = optimized_ops(tmp_path / "p.onnx", tmp_path)
     assert ops.count("QLinearConv") < 3
+
+
+@pytest.mark.parametrize("opset", [None, 21])
+def test_vit_with_quantized_outputs_loads_and_matches(tmp_path, opset):
+    torch.manual_seed(0)
+    model = quantized(tiny_vit(), Plan.uniform(8, 8, quantize_outputs=True), 8)
+    assert model.patch_embed.proj.output_quantizer is not None
+    report, ours, theirs = run_both(model, tmp_path / "v.onnx", 8, opset=opset)
+    assert report.opset == (20 if opset is None else 21)  # no INT4 needed: opset 20
+    assert float((ours - theirs).abs().max()) <= one_step_bound(model)
