@@ -263,17 +263,22 @@ class _ExportConv(nn.Module):
         self.bias = _Bias(bias, act, weight)
         self.out = out
 
+    def op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return F.conv2d(x, w, b, *self.conv)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.act is not None:
             x = self.act(x)
         w = self.weight() if self.weight is not None else self.float_weight
-        y = F.conv2d(x, w, self.bias(), *self.conv)
+        y = self.op(x, w, self.bias())
         return y if self.out is None else self.out(y)
 
 
-class _ExportLinear(nn.Module):
+class _ExportLinear(_ExportConv):
+    """As :class:`_ExportConv`, with the weight stored ``[in, out]`` for ``MatMul``."""
+
     def __init__(self, linear: QuantLinear, act, weight, out) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.act = act
         self.weight = weight
         if weight is None:
@@ -282,14 +287,9 @@ class _ExportLinear(nn.Module):
         self.bias = _Bias(bias, act, weight)
         self.out = out
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.act is not None:
-            x = self.act(x)
-        w = self.weight() if self.weight is not None else self.float_weight
+    def op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         y = torch.matmul(x, w)
-        b = self.bias()
-        y = y if b is None else y + b
-        return y if self.out is None else self.out(y)
+        return y if b is None else y + b
 
 
 class _Bias(nn.Module):

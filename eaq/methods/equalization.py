@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eaq.errors import EaqError
-from eaq.methods.folding import find_conv_bn_pairs, fold_batchnorm_
+from eaq.methods.folding import find_conv_bn_pairs, fold_batchnorm_, module_calls
 from eaq.methods.registry import Batches, check_method_options, get_method, register_method
 from eaq.nn import QuantSummary
 from eaq.plan import Plan
@@ -77,10 +77,7 @@ def equalization_pairs(model: nn.Module) -> list[tuple[str, str]]:
             return isinstance(modules[node.target], (nn.ReLU, nn.Identity))
         return node.op == "call_function" and node.target in _RELU_FUNCTIONS
 
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = module_calls(graph)
     pairs = []
     for node in graph.nodes:
         first = conv(node)

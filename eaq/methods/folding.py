@@ -45,6 +45,15 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
+def module_calls(graph: torch.fx.Graph) -> dict[str, int]:
+    """How many times the traced forward calls each module (by name)."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls
+
+
 class _Tracer(torch.fx.Tracer):
     """fx's tracer, with eaq's quantized layers as leaves (a conv stays one call)."""
 
@@ -58,10 +67,7 @@ def _pairs_by_graph(model: nn.Module) -> list[tuple[str, str]] | None:
     except Exception:  # noqa: BLE001 - any tracing failure means: use the naming rule
         return None
     modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = module_calls(graph)
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
