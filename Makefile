@@ -5,7 +5,7 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run test lint bench bench-deploy
+.PHONY: setup run test lint bench bench-deploy bench-scale
 
 setup:
 	@scripts/bootstrap
@@ -31,3 +31,7 @@ bench: setup
 # FP32 eager vs FP32 / integer onnxruntime (throughput, latency, sizes, modelled energy)
 bench-deploy: setup
 	$(VENV)/python benchmarks/deployment.py
+
+# a 12-row study in-process and on Ray with 1 and 2 workers: wall times and speed-up
+bench-scale: setup
+	$(VENV)/python benchmarks/scale_out.py

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from eaq.cli.common import check_positive, log, print_json
+from eaq.errors import EaqError
 from eaq.paths import resolve_data_root
 from eaq.study import Store, load_study, run_study, summarize
+from eaq.study.executors import InProcessExecutor, RayExecutor
 from eaq.table import format_table
 
 
@@ -28,6 +30,27 @@ def add_parser(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument("--data-root", default=None, help="data folder (default $EAQ_DATA_ROOT)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    x = p.add_argument_group("execution")
+    x.add_argument(
+        "--executor",
+        choices=("in-process", "ray"),
+        default="in-process",
+        help="who measures the rows: this process (default) or Ray tasks, one per row",
+    )
+    x.add_argument(
+        "--address",
+        default=None,
+        help="with --executor ray: a running cluster's address (default: start a local Ray)",
+    )
+    x.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --executor ray and no --address: CPUs of the local Ray (default: all)",
+    )
+    x.add_argument(
+        "--cpus-per-task", type=int, default=1, help="with --executor ray: CPUs per row (1)"
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -39,17 +62,31 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_positive("--limit", args.limit)
+    check_positive("--workers", args.workers)
+    check_positive("--cpus-per-task", args.cpus_per_task)
+    if args.executor != "ray" and (args.address or args.workers):
+        raise EaqError("--address and --workers go with --executor ray")
     cfg = load_study(args.config).with_limit(args.limit)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     bars = not args.no_progress and sys.stderr.isatty()
-    summary = run_study(
-        cfg,
-        out,
-        resume=args.resume,
-        data_root=resolve_data_root(args.data_root),
-        progress=bars,
-        say=None if bars else log,
-    )
+    root = resolve_data_root(args.data_root)
+    executor = InProcessExecutor()
+    if args.executor == "ray":
+        executor = RayExecutor(
+            root, address=args.address, num_cpus=args.workers, cpus_per_task=args.cpus_per_task
+        )
+    try:
+        summary = run_study(
+            cfg,
+            out,
+            resume=args.resume,
+            data_root=root,
+            progress=bars,
+            say=None if bars else log,
+            executor=executor,
+        )
+    finally:
+        executor.close()
     log(
         f"study {cfg.name}: {summary.written} rows written, {summary.skipped} already done, "
         f"{summary.seconds:.0f} s; database {out / 'study.sqlite'}"

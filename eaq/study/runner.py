@@ -38,6 +38,7 @@ from eaq.pipeline import quantize_and_evaluate
 from eaq.plan import LAYER_OPTIONS, Plan
 from eaq.provenance import provenance
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
+from eaq.study.executors import InProcessExecutor
 from eaq.study.store import Store
 
 
@@ -136,14 +137,15 @@ def run_study(
     data_root: Path,
     progress: bool = True,
     say: Callable[[str], None] | None = None,
-    executor: InProcessExecutor | None = None,
+    executor=None,
 ) -> RunSummary:
     """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
 
     ``progress`` shows progress bars; ``say``, when given, receives one line per finished row
     (for logs, where bars do not belong). The rows of each model and seed are resolved into
     :class:`RowJob` s first (:func:`resolve_jobs`), then ``executor`` measures them
-    (:func:`execute_row`; default :class:`InProcessExecutor`) and this driver stores each.
+    (:func:`execute_row`; default :class:`~eaq.study.executors.InProcessExecutor`, see
+    :mod:`eaq.study.executors`) and this driver stores each.
 
     Raises:
         EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
@@ -183,11 +185,11 @@ def run_study(
                         if (j.model, j.config, j.seed) not in done
                     ]
 
-                    def measure(job: RowJob, m=m) -> dict:
+                    def started(job: RowJob) -> None:
                         bar.set_postfix_str(f"{job.model} {job.config} seed {job.seed}")
-                        return execute_row(cfg, m, job, progress)
 
-                    for row in executor.run(jobs, measure):
+                    rows = executor.run(cfg, m, jobs, progress=progress, on_start=started)
+                    for row in rows:
                         store.add_result(row)
                         done.add((row["model"], row["config"], row["seed"]))
                         written += 1
@@ -260,19 +262,6 @@ class RowJob:
     method_options: dict
     onnx: bool
     info: dict
-
-
-class InProcessExecutor:
-    """Runs row jobs one after another in this process (the default executor).
-
-    An executor has one method, ``run(jobs, fn)``, yielding ``fn(job)`` for every job in any
-    order; the driver stores each row as it comes. A distributed executor runs ``fn`` on
-    workers instead.
-    """
-
-    def run(self, jobs: list[RowJob], fn: Callable[[RowJob], dict]):
-        for job in jobs:
-            yield fn(job)
 
 
 def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool):
