@@ -14,10 +14,17 @@ def add_parser(sub) -> None:
         description="Example: eaq report runs/study-resnet20",
     )
     p.add_argument("folder", help="a run folder written by `eaq study`")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="read the rows from this PostgreSQL store (postgresql://USER@HOST:PORT/DB) instead "
+        "of the folder's SQLite file",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = write_report(args.folder)
+    out = write_report(args.folder, store_url=args.store)
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
     return 0

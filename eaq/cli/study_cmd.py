@@ -11,6 +11,7 @@ from eaq.errors import EaqError
 from eaq.paths import resolve_data_root
 from eaq.study import Store, load_study, run_study, summarize
 from eaq.study.executors import InProcessExecutor, RayExecutor
+from eaq.study.store import is_database_url
 from eaq.table import format_table
 
 
@@ -31,6 +32,13 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None, help="data folder (default $EAQ_DATA_ROOT)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     x = p.add_argument_group("execution")
+    x.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="keep the rows in this PostgreSQL database (postgresql://USER@HOST:PORT/DB) "
+        "instead of the run folder's SQLite file; same resume and fingerprint rules",
+    )
     x.add_argument(
         "--executor",
         choices=("in-process", "ray"),
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--limit", args.limit)
     check_positive("--workers", args.workers)
     check_positive("--cpus-per-task", args.cpus_per_task)
+    if args.store is not None and not is_database_url(args.store):
+        raise EaqError(f"--store {args.store!r} must be a postgresql://USER@HOST:PORT/DB URL")
     if args.executor != "ray" and (args.address or args.workers):
         raise EaqError("--address and --workers go with --executor ray")
     cfg = load_study(args.config).with_limit(args.limit)
@@ -84,14 +94,15 @@ def run(args: argparse.Namespace) -> int:
             progress=bars,
             say=None if bars else log,
             executor=executor,
+            store_url=args.store,
         )
     finally:
         executor.close()
     log(
         f"study {cfg.name}: {summary.written} rows written, {summary.skipped} already done, "
-        f"{summary.seconds:.0f} s; database {out / 'study.sqlite'}"
+        f"{summary.seconds:.0f} s; database {args.store or out / 'study.sqlite'}"
     )
-    with Store.open_folder(out) as store:
+    with Store.open(out, url=args.store) as store:
         rows = summarize(store.results())
     if args.json:
         print_json(rows)

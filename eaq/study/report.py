@@ -387,10 +387,12 @@ def _write_csv(path: Path, rows: list[dict], fields) -> None:
             )
 
 
-def write_report(folder: str | Path) -> Path:
-    """Regenerate ``folder/report/`` from ``folder``'s database; returns the report folder."""
+def write_report(folder: str | Path, *, store_url: str | None = None) -> Path:
+    """Regenerate ``folder/report/`` from ``folder``'s database (or the PostgreSQL store at
+    ``store_url``); returns the report folder."""
     folder = Path(folder)
-    with Store.open_folder(folder) as store:
+    folder.mkdir(parents=True, exist_ok=True)
+    with Store.open(folder, url=store_url) as store:
         rows = store.results()
         sens_rows = store.sensitivity_rows()
         name = json.loads(store.get_meta("config") or "{}").get("name", folder.name)

@@ -138,6 +138,7 @@ def run_study(
     progress: bool = True,
     say: Callable[[str], None] | None = None,
     executor=None,
+    store_url: str | None = None,
 ) -> RunSummary:
     """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
 
@@ -145,7 +146,8 @@ def run_study(
     (for logs, where bars do not belong). The rows of each model and seed are resolved into
     :class:`RowJob` s first (:func:`resolve_jobs`), then ``executor`` measures them
     (:func:`execute_row`; default :class:`~eaq.study.executors.InProcessExecutor`, see
-    :mod:`eaq.study.executors`) and this driver stores each.
+    :mod:`eaq.study.executors`) and this driver stores each: in ``out``'s SQLite file, or in
+    the PostgreSQL database at ``store_url``.
 
     Raises:
         EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
@@ -153,7 +155,8 @@ def run_study(
     start = time.perf_counter()
     executor = executor or InProcessExecutor()
     out = Path(out)
-    store = Store.open_folder(out, create=True)
+    out.mkdir(parents=True, exist_ok=True)  # study.json and the report live here
+    store = Store.open(out, url=store_url, create=True)
     try:
         fresh = store.claim(cfg.fingerprint(), cfg.to_dict())
         if not fresh and not resume:

@@ -1,7 +1,12 @@
-"""The results store: one SQLite file per run folder, one row per (model, config, seed).
+"""The results store: one row per (model, config, seed), in SQLite or PostgreSQL.
+
+By default the store is one SQLite file in the run folder, written by the study's driver
+alone. A PostgreSQL database (``eaq study --store postgresql://...``) serves several drivers or a
+long-lived dashboard, with the same schema, resume and fingerprint rules: one study per
+database (or per schema, with ``?options=-csearch_path=NAME`` in the URL).
 
 Each row is written in its own transaction, after its evaluation, so a killed study leaves
-only whole rows. The study's fingerprint is stored on creation; opening the folder with a
+only whole rows. The study's fingerprint is stored on creation; opening the store with a
 different study is refused.
 """
 
@@ -10,7 +15,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 from eaq.errors import EaqError
 
@@ -63,30 +70,109 @@ VOLATILE_COLUMNS = ("seconds", "calib_seconds", "created", "provenance")
 """Columns that differ between two runs of the same study (timing, time stamps, versions)."""
 
 
-class Store:
-    """The SQLite store of one run folder."""
+class _Sqlite:
+    """SQLite: the run folder's file."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
+    def __init__(self, path: Path) -> None:
+        self.where = str(path.parent)
+        self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(_SCHEMA)
 
+    def query(self, sql: str, args=()) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(sql, args).fetchall()]
+
+    def execute(self, sql: str, args=()) -> None:
+        self.conn.execute(sql, args)
+
+    def executemany(self, sql: str, rows) -> None:
+        self.conn.executemany(sql, rows)
+
+    @contextmanager
+    def transaction(self):
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Postgres:
+    """PostgreSQL through psycopg: the same statements, ``%s`` for ``?``."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError:
+            raise EaqError(
+                "a PostgreSQL store needs psycopg; install it with `pip install psycopg[binary]`"
+            ) from None
+        parsed = urlparse(url)
+        self.where = f"{parsed.hostname}:{parsed.port or 5432}{parsed.path}"
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+        except psycopg.Error as e:
+            text = " ".join(str(e).split())[:200]
+            raise EaqError(f"cannot connect to PostgreSQL at {self.where}: {text}") from None
+        for statement in _SCHEMA.replace(" REAL ", " DOUBLE PRECISION ").split(";"):
+            if statement.strip():
+                self.conn.execute(statement)
+
+    def query(self, sql: str, args=()) -> list[dict]:
+        return list(self.conn.execute(sql.replace("?", "%s"), args).fetchall())
+
+    def execute(self, sql: str, args=()) -> None:
+        self.conn.execute(sql.replace("?", "%s"), args)
+
+    def executemany(self, sql: str, rows) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), list(rows))
+
+    @contextmanager
+    def transaction(self):
+        with self.conn.transaction():
+            yield
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def is_database_url(target: str | Path) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+class Store:
+    """The results store of one study: SQLite in a run folder, or a PostgreSQL database."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, folder: str | Path, *, url: str | None = None, create: bool = False) -> Store:
+        """The PostgreSQL store at ``url``, or else the SQLite store in ``folder``."""
+        if url is not None:
+            if not is_database_url(url):
+                raise EaqError(f"--store {url!r} must be a postgresql://USER@HOST:PORT/DB URL")
+            return cls(_Postgres(url))
+        return cls.open_folder(folder, create=create)
+
     @classmethod
     def open_folder(cls, folder: str | Path, *, create: bool = False) -> Store:
-        """The store in ``folder`` (created with the folder when ``create``)."""
+        """The SQLite store in ``folder`` (created with the folder when ``create``)."""
         folder = Path(folder)
         db = folder / DB_NAME
         if not db.is_file():
             if not create:
                 raise EaqError(f"no study database in {folder} (expected {db})")
             folder.mkdir(parents=True, exist_ok=True)
-        return cls(db)
+        return cls(_Sqlite(db))
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -96,8 +182,8 @@ class Store:
 
     # meta ------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        rows = self.db.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
 
     def claim(self, fingerprint: str, config: dict) -> bool:
         """Record the study's fingerprint; False if it was there already (same study).
@@ -110,13 +196,12 @@ class Store:
             if have != fingerprint:
                 name = json.loads(self.get_meta("config") or "{}").get("name", "?")
                 raise EaqError(
-                    f"{self.path.parent} holds a different study ({name!r}, fingerprint {have}, "
-                    f"this one {fingerprint}); choose another --out folder"
+                    f"{self.db.where} holds a different study ({name!r}, fingerprint {have}, "
+                    f"this one {fingerprint}); choose another --out folder or --store"
                 )
             return False
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(
+        with self.db.transaction():
+            self.db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [
                     ("fingerprint", fingerprint),
@@ -128,7 +213,8 @@ class Store:
 
     # results ---------------------------------------------------------------------------------
     def done_keys(self) -> set[tuple[str, str, int]]:
-        return {tuple(r) for r in self.conn.execute("SELECT model, config, seed FROM results")}
+        rows = self.db.query("SELECT model, config, seed FROM results")
+        return {(r["model"], r["config"], r["seed"]) for r in rows}
 
     def add_result(self, row: dict) -> None:
         """Insert one result row in its own transaction."""
@@ -138,13 +224,12 @@ class Store:
         row.setdefault("created", time.time())
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(f"INSERT INTO results ({cols}) VALUES ({marks})", tuple(row.values()))
+        with self.db.transaction():
+            self.db.execute(f"INSERT INTO results ({cols}) VALUES ({marks})", tuple(row.values()))
 
     def results(self) -> list[dict]:
         """Every result row, JSON columns decoded, in insertion-independent order."""
-        rows = self.conn.execute("SELECT * FROM results ORDER BY model, config, seed").fetchall()
+        rows = self.db.query("SELECT * FROM results ORDER BY model, config, seed")
         out = []
         for r in rows:
             d = dict(r)
@@ -155,17 +240,16 @@ class Store:
 
     # sensitivity -----------------------------------------------------------------------------
     def has_sensitivity(self, model: str, seed: int, measure: str) -> bool:
-        row = self.conn.execute(
+        rows = self.db.query(
             "SELECT 1 FROM sensitivity WHERE model = ? AND seed = ? AND measure = ? LIMIT 1",
             (model, seed, measure),
-        ).fetchone()
-        return row is not None
+        )
+        return bool(rows)
 
     def add_sensitivity(self, model: str, seed: int, rows: list[dict]) -> None:
         """All of one (model, seed)'s sensitivities, in one transaction."""
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(
+        with self.db.transaction():
+            self.db.executemany(
                 "INSERT INTO sensitivity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
@@ -195,6 +279,4 @@ class Store:
         if conds:
             q += " WHERE " + " AND ".join(conds)
         q += " ORDER BY model, seed, measure, layer_index, w_bits, a_bits"
-        return [
-            {**dict(r), "index": r["layer_index"]} for r in self.conn.execute(q, args).fetchall()
-        ]
+        return [{**r, "index": r["layer_index"]} for r in self.db.query(q, args)]
