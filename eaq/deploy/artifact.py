@@ -78,6 +78,20 @@ def unpack_codes(packed: Tensor, bits: int, quant_min: int, shape: tuple[int, ..
     return torch.from_numpy(u + quant_min).to(torch.int32).reshape(shape)
 
 
+def weight_codes(layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """The integer codes (int32), scales and zero points of a layer's quantized weight.
+
+    Scales and zero points keep the quantizer's ``scale_shape`` (keepdim) layout.
+    """
+    q = layer.weight_quantizer
+    w = layer.weight.detach()
+    return (
+        quantize(w, q.scale, q.zero_point, int(q.quant_min), int(q.quant_max)),
+        q.scale,
+        q.zero_point,
+    )
+
+
 def _packed_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers whose weight is stored as codes: an enabled, calibrated uniform quantizer."""
     return {
@@ -187,7 +201,7 @@ def save_quantized(
     for name, layer in _packed_layers(model).items():
         q = layer.weight_quantizer
         qmin, qmax = int(q.quant_min), int(q.quant_max)
-        codes = quantize(layer.weight.detach(), q.scale, q.zero_point, qmin, qmax)
+        codes, _, _ = weight_codes(layer)
         bits = q.spec.bits
         state.pop(f"{name}.weight")
         state[f"{name}{CODES_SUFFIX}"] = pack_codes(codes, bits, qmin)

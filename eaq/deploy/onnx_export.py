@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eaq.deploy.artifact import pack_codes
+from eaq.deploy.artifact import pack_codes, weight_codes
 from eaq.errors import EaqError
 from eaq.nn import QuantConv2d, QuantLinear, QuantMatMul
-from eaq.quant import PerChannel, PerTensor, Quantizer, dequantize, fake_quantize, quantize
+from eaq.quant import PerChannel, PerTensor, Quantizer, dequantize, fake_quantize
 
 MIN_OPSET = 13  # per-channel DequantizeLinear
 MAX_OPSET = 21  # INT4 initializers
@@ -192,20 +192,6 @@ class _WeightCodes(nn.Module):
 
     def forward(self) -> Tensor:
         return _DQ.apply(self.codes, self.scale, self.zero_point, self.axis)
-
-
-def weight_codes(layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """The integer codes (int32), scales and zero points of a layer's quantized weight.
-
-    Scales and zero points keep the quantizer's ``scale_shape`` (keepdim) layout.
-    """
-    q = layer.weight_quantizer
-    w = layer.weight.detach()
-    return (
-        quantize(w, q.scale, q.zero_point, int(q.quant_min), int(q.quant_max)),
-        q.scale,
-        q.zero_point,
-    )
 
 
 def _weight_module(

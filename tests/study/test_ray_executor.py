@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from eaq.study import VOLATILE_COLUMNS, Store, load_study, run_study
+from eaq.study import load_study, run_study
 from eaq.study.executors import KILL_ONCE_ENV, RayExecutor
+from tests.study.test_study_cli import _n_rows, _rows
 
 pytest.importorskip("ray")
 
@@ -30,19 +30,6 @@ configs:
   - {name: W4A4, strategy: uniform, w_bits: 4}
 """
 LIMIT = 32
-
-
-def _rows(folder: Path) -> list[dict]:
-    with Store.open_folder(folder) as s:
-        return [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in s.results()]
-
-
-def _n_rows(db: Path) -> int:
-    try:
-        with sqlite3.connect(db) as c:
-            return c.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 @pytest.fixture(scope="module")
