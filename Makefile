@@ -5,17 +5,28 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run test lint bench bench-deploy bench-scale
+.PHONY: setup run run-3seeds demo test lint bench bench-deploy bench-scale
 
 setup:
 	@scripts/bootstrap
 
-# The study: FP32, uniform 8/6/4, the seed's percentile mix and budgeted mixed precision on the
-# pretrained ResNet-20 (CIFAR-10), 3 calibration seeds, full test set; then the report.
-# Resumes where it stopped (90 rows, about 24 minutes on an idle 2-core machine).
+# The main job: the seed study on the three CIFAR-100 reference models (studies/seed_cifar100.yaml:
+# FP32, uniform 8/6/4 per channel and per tensor, the seed's percentile mix, the energy-budgeted
+# front, ranking-aware PTQ on the ViT, QDrop), all 10,000 test images, calibration seed 0; then
+# the report with the seed's published tables beside the measured rows. Resumes where it stopped.
 run: setup
-	$(VENV)/eaq study studies/resnet20_cifar10.yaml --out runs/study-resnet20 --resume
-	$(VENV)/eaq report runs/study-resnet20
+	$(VENV)/eaq study studies/seed_cifar100.yaml --out runs/seed-cifar100 --resume
+	$(VENV)/eaq report runs/seed-cifar100 --published studies/published/seed.yaml
+
+# The same with calibration seeds 0, 1 and 2 (about three times as long).
+run-3seeds: setup
+	$(VENV)/eaq study studies/seed_cifar100.yaml --seeds 0 1 2 --out runs/seed-cifar100-3seeds --resume
+	$(VENV)/eaq report runs/seed-cifar100-3seeds --published studies/published/seed.yaml
+
+# A quick demo: the same kinds of rows on the pretrained ResNet-20 (CIFAR-10), one seed.
+demo: setup
+	$(VENV)/eaq study studies/resnet20_cifar10.yaml --seeds 0 --out runs/demo-resnet20 --resume
+	$(VENV)/eaq report runs/demo-resnet20
 
 test: setup
 	$(VENV)/ruff check eaq tests benchmarks

@@ -45,9 +45,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         "--download", action="store_true", help="download a missing CIFAR data set (online only)"
     )
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    g.add_argument(
-        "--batch-size", type=int, default=256, help="evaluation batch size (default 256)"
-    )
+    g.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
 
 
 def _bool(text: str) -> bool:

@@ -13,7 +13,7 @@ from eaq.cli.common import (
 )
 from eaq.data import dataset_names, eval_batches, load_dataset
 from eaq.errors import EaqError, choices_hint
-from eaq.evaluate import evaluate
+from eaq.evaluate import channels_last_, evaluate
 from eaq.models import create_model
 from eaq.paths import resolve_data_root
 from eaq.provenance import provenance, sha256
@@ -62,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if kind == "model":
         info, dataset = model_and_dataset(args)
         name, mean, std, size = args.model, info.mean, info.std, info.input_size
-        model = create_model(
-            args.model, num_classes=args.num_classes, weights=args.weights, data_root=root
+        model = channels_last_(
+            create_model(
+                args.model, num_classes=args.num_classes, weights=args.weights, data_root=root
+            )
         )
     elif kind == "artifact":
         from eaq.deploy import load_quantized, model_spec, read_metadata

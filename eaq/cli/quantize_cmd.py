@@ -26,7 +26,7 @@ from eaq.cli.export_cmd import (
 from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.deploy import ModelSpec, save_quantized
 from eaq.errors import EaqError
-from eaq.evaluate import evaluate
+from eaq.evaluate import channels_last_, evaluate
 from eaq.methods import get_method
 from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(
         args.model, num_classes=args.num_classes, weights=args.weights, data_root=root
     )
+    channels_last_(model)
     test = load_dataset(dataset, "test", root, download=args.download)
     train = load_dataset(dataset, "train", root, download=args.download)
     n_classes = getattr(test, "num_classes", None)

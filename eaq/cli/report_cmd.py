@@ -21,10 +21,17 @@ def add_parser(sub) -> None:
         help="read the rows from this PostgreSQL store (postgresql://USER@HOST:PORT/DB) instead "
         "of the folder's SQLite file",
     )
+    p.add_argument(
+        "--published",
+        default=None,
+        metavar="FILE",
+        help="a published-results file (e.g. studies/published/seed.yaml) to set beside the "
+        "measured rows, table by table",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = write_report(args.folder, store_url=args.store)
+    out = write_report(args.folder, store_url=args.store, published=args.published)
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
     return 0

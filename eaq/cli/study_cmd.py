@@ -29,6 +29,15 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/<study name>)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted study in --out")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="calibration seeds instead of the study file's (e.g. --seeds 0 1 2); another set "
+        "of seeds is another study: give it its own --out",
+    )
     p.add_argument("--data-root", default=None, help="data folder (default $EAQ_DATA_ROOT)")
     p.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     x = p.add_argument_group("execution")
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise EaqError(f"--store {args.store!r} must be a postgresql://USER@HOST:PORT/DB URL")
     if args.executor != "ray" and (args.address or args.workers):
         raise EaqError("--address and --workers go with --executor ray")
-    cfg = load_study(args.config).with_limit(args.limit)
+    cfg = load_study(args.config).with_limit(args.limit).with_seeds(args.seeds)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     bars = not args.no_progress and sys.stderr.isatty()
     root = resolve_data_root(args.data_root)

@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 
 import torch
@@ -72,10 +73,17 @@ class PlanScorer:
         if self.n_images == 0:
             raise EaqError("scoring plans needs held-out images; the set is empty")
         self.reference = _log_probs(model, held_out)
-        self.calls = 0
+        self.calls = 0  # plans measured (a plan scored before is answered from the cache)
+        self._cache: dict[str, float] = {}
 
     @torch.no_grad()
     def __call__(self, plan: Plan) -> float:
+        key = json.dumps(plan.to_dict(), sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = self._measure(plan)
+        return self._cache[key]
+
+    def _measure(self, plan: Plan) -> float:
         from eaq.methods import quantize_model_
 
         self.calls += 1

@@ -24,8 +24,9 @@ A study file::
 
 Every config takes ``granularity``, ``observer``, ``w_observer``, ``symmetric``,
 ``first_last_8bit``, ``measure``, ``method``, ``method_options``, ``softmax_quantizer``
-(uniform, log2, twin) and ``gelu_quantizer`` (uniform, twin); the other keys are the
-strategy's options (see :mod:`eaq.mixed.strategies`).
+(uniform, log2, twin), ``gelu_quantizer`` (uniform, twin) and ``models`` (the study models it
+runs on; default all); the other keys are the strategy's options (see
+:mod:`eaq.mixed.strategies`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 COMMON_KEYS = ("name", "strategy", *(o.name for o in LAYER_OPTIONS))
 COMMON_KEYS += ("first_last_8bit", "measure", "method", "method_options", "quantize_outputs")
-COMMON_KEYS += ("onnx",)
-OFF_BY_DEFAULT = ("quantize_outputs", "onnx")
-"""Config keys written into the study's fingerprint only when on (older studies keep theirs)."""
+COMMON_KEYS += ("onnx", "models")
+OFF_BY_DEFAULT = {"quantize_outputs": False, "onnx": False, "models": None}
+"""Config keys written into the study's fingerprint only when set (older studies keep theirs)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class ConfigEntry:
     gelu_quantizer: str = "uniform"  # post-GELU inputs: uniform or twin
     quantize_outputs: bool = False  # Plan.quantize_outputs: integer kernels everywhere
     onnx: bool = False  # also export each row to ONNX and evaluate it on onnxruntime
+    models: tuple[str, ...] | None = None  # the models this config runs on; None: every model
 
     def base(self) -> LayerConfig:
         return layer_config(8, 8, **{o.name: getattr(self, o.name) for o in LAYER_OPTIONS})
@@ -174,7 +176,7 @@ class StudyConfig:
                 **{
                     k: v
                     for k, v in asdict(c).items()
-                    if k != "options" and not (k in OFF_BY_DEFAULT and v is False)
+                    if k != "options" and not (k in OFF_BY_DEFAULT and v == OFF_BY_DEFAULT[k])
                 },
                 **c.options_dict,
             }
@@ -192,12 +194,26 @@ class StudyConfig:
 
         return self if limit is None else replace(self, limit=limit)
 
+    def with_seeds(self, seeds: list[int] | tuple[int, ...] | None) -> StudyConfig:
+        """The same study with other calibration seeds (None: unchanged)."""
+        from dataclasses import replace
+
+        if seeds is None:
+            return self
+        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise EaqError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
+        return replace(self, seeds=tuple(seeds))
+
     def method_of(self, entry: ConfigEntry) -> tuple[str, dict]:
         """The PTQ method and options that ``entry`` is quantized with."""
         if entry.method is None:
             return self.method, dict(self.method_options)
         opts = entry.method_options if entry.method_options is not None else ()
         return entry.method, dict(opts)
+
+    def configs_for(self, model: str) -> tuple[ConfigEntry, ...]:
+        """The configs that run on ``model`` (those without ``models``, or naming it)."""
+        return tuple(c for c in self.configs if c.models is None or model in c.models)
 
     def needs_sensitivity(self) -> bool:
         return any(get_strategy(c.strategy).needs_sensitivity for c in self.configs)
@@ -274,6 +290,21 @@ class _Checker:
             raise self.fail(
                 m.key_lines[key], path + key, f"must be a list of integers >= {minimum}, got {v!r}"
             )
+        return tuple(v)
+
+    def model_list(self, m: _Map, path: str, names: list[str]) -> tuple[str, ...] | None:
+        """A config's ``models``: a non-empty list of the study's model names (None: absent)."""
+        if "models" not in m:
+            return None
+        v = m["models"]
+        v = [v] if isinstance(v, str) else v
+        line = m.key_lines["models"]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            raise self.fail(line, path + "models", f"must be a list of model names, got {v!r}")
+        for x in v:
+            if x not in names:
+                msg = f"{x!r} is not a model of this study; {choices_hint(names)}"
+                raise self.fail(line, path + "models", msg)
         return tuple(v)
 
     def method_options(self, m: _Map, path: str, method: str):
@@ -405,6 +436,7 @@ def parse_study(text: str, source: str = "<study>") -> StudyConfig:
             method=c.str_(m, "method", p, default=None, choices=method_names()),
             quantize_outputs=c.bool_(m, "quantize_outputs", p, default=False),
             onnx=c.bool_(m, "onnx", p, default=False),
+            models=c.model_list(m, p, [e.name for e in models]),
         )
         if entry.onnx and (entry.softmax_quantizer, entry.gelu_quantizer) != ("uniform",) * 2:
             raise c.fail(

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from eaq.mixed.pareto import best_within, pareto_front
+from eaq.study.published import compare, comparison_table, layers_table, load_published
 from eaq.study.store import Store
 
 SUMMARY_FIELDS = (
@@ -387,9 +388,16 @@ def _write_csv(path: Path, rows: list[dict], fields) -> None:
             )
 
 
-def write_report(folder: str | Path, *, store_url: str | None = None) -> Path:
+def write_report(
+    folder: str | Path, *, store_url: str | None = None, published: str | Path | None = None
+) -> Path:
     """Regenerate ``folder/report/`` from ``folder``'s database (or the PostgreSQL store at
-    ``store_url``); returns the report folder."""
+    ``store_url``); returns the report folder.
+
+    ``published``: a published-results file (:mod:`eaq.study.published`) whose tables are set
+    beside the measured rows, first in the report and in ``published_vs_measured.json``.
+    """
+    pub = load_published(published) if published is not None else None  # fail before work
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with Store.open(folder, url=store_url) as store:
@@ -415,6 +423,21 @@ def write_report(folder: str | Path, *, store_url: str | None = None) -> Path:
         "",
     ]
     body = []  # (kind, payload) for html
+    if pub is not None:
+        records = compare(summary, pub)
+        (out / "published_vs_measured.json").write_text(json.dumps(records, indent=1) + "\n")
+        md += [f"## Published ({pub.source}) against measured", ""]
+        body.append(("h2", f"Published ({pub.source}) against measured"))
+        for rec in records:
+            h, t = comparison_table(rec)
+            md += [f"{rec['title']}: published beside eaq's measured rows.", ""]
+            md += [_table_md(h, t), ""]
+            body += [("p", rec["title"]), ("table", (h, t))]
+        h, t = layers_table(records)
+        if t:
+            md += ["Layers per width of the mixed configuration (Table 3).", "", _table_md(h, t)]
+            md.append("")
+            body.append(("table", (h, t)))
     for model in sorted({r["model"] for r in summary}):
         ms = [r for r in summary if r["model"] == model]
         ds = ms[0]["dataset"]
@@ -485,6 +508,8 @@ def write_report(folder: str | Path, *, store_url: str | None = None) -> Path:
     for kind, payload in body:
         if kind == "h2":
             parts.append(f"<h2>{html.escape(payload)}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(payload)}</p>")
         elif kind == "table":
             h, t = payload
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in h) + "</tr>")

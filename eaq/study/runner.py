@@ -22,7 +22,7 @@ from tqdm import tqdm
 from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
-from eaq.evaluate import EvalResult, evaluate
+from eaq.evaluate import EvalResult, channels_last_, evaluate
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -87,8 +87,10 @@ class _Model:
         self.entry = entry
         self.info = get_model_info(entry.name)
         self.dataset = entry.dataset or self.info.default_dataset
-        self.model = create_model(
-            entry.name, num_classes=entry.num_classes, weights=entry.weights, data_root=root
+        self.model = channels_last_(
+            create_model(
+                entry.name, num_classes=entry.num_classes, weights=entry.weights, data_root=root
+            )
         )
         self.test = load_dataset(self.dataset, "test", root)
         self.train = load_dataset(self.dataset, "train", root)
@@ -122,7 +124,7 @@ def check_study(cfg: StudyConfig, model: _Model) -> None:
         measure=cfg.sensitivity.measure,
         n_images=0,
     )
-    for entry in cfg.configs:
+    for entry in cfg.configs_for(model.entry.name):
         try:
             _plans(entry, model.layers, model.stats, cfg.profile, dummy, lambda plan: 0.0)
         except EaqError as e:
@@ -152,7 +154,7 @@ def run_study(
     Raises:
         EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
     """
-    start = time.perf_counter()
+    start, start_time = time.perf_counter(), time.time()
     executor = executor or InProcessExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # study.json and the report live here
@@ -167,20 +169,21 @@ def run_study(
         (out / "study.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         done = store.done_keys()
         n_before = len(done)
-        total = len(cfg.models) * len(cfg.seeds) * sum(_n_plans(c) for c in cfg.configs)
+        per_seed = {e.name: sum(_n_plans(c) for c in cfg.configs_for(e.name)) for e in cfg.models}
+        total = len(cfg.seeds) * sum(per_seed.values())
         written = 0
         bar = tqdm(total=total, desc="study", unit="row", disable=not progress)
         bar.update(len(done))
         try:
             for entry in cfg.models:
                 keys_model = {k for k in done if k[0] == entry.name}
-                if len(keys_model) >= len(cfg.seeds) * sum(_n_plans(c) for c in cfg.configs):
+                if len(keys_model) >= len(cfg.seeds) * per_seed[entry.name]:
                     continue
                 m = _Model(entry, cfg, data_root)
                 check_study(cfg, m)
                 for seed in cfg.seeds:
-                    n_keys = sum(_n_plans(c) for c in cfg.configs)
-                    if sum(1 for k in done if k[0] == entry.name and k[2] == seed) >= n_keys:
+                    n_done = sum(1 for k in done if k[0] == entry.name and k[2] == seed)
+                    if n_done >= per_seed[entry.name]:
                         continue
                     jobs = [
                         j
@@ -205,6 +208,8 @@ def run_study(
                             )
         finally:
             bar.close()
+            session = {"started": start_time, "seconds": time.perf_counter() - start}
+            store.add_session({**session, "written": written, "executor": type(executor).__name__})
     finally:
         store.close()
     return RunSummary(out, written, n_before, time.perf_counter() - start)
@@ -269,8 +274,9 @@ class RowJob:
 
 def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool):
     """The rows of one model and seed: sensitivities (stored, reused on resume) and plans."""
+    configs = cfg.configs_for(m.entry.name)
     sens: dict[str, Sensitivity] = {}
-    for entry in cfg.configs:
+    for entry in configs:
         key = sensitivity_key(entry, cfg)
         if get_strategy(entry.strategy).needs_sensitivity and key not in sens:
             sens[key] = _sensitivity(cfg, m, seed, store, progress, entry)
@@ -283,11 +289,11 @@ def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress:
         return scorer[0](plan)
 
     jobs = []
-    for entry in cfg.configs:
+    for entry in configs:
         measure = entry.measure or cfg.sensitivity.measure
         method, method_options = cfg.method_of(entry)
         for cname, named in _plans(
-            entry, m.layers, m.stats, cfg.profile, sens.get(measure), plan_loss
+            entry, m.layers, m.stats, cfg.profile, sens.get(sensitivity_key(entry, cfg)), plan_loss
         ):
             plan = named.plan
             if entry.quantize_outputs:
@@ -321,9 +327,11 @@ def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False
     t0 = time.perf_counter()
     calib_seconds = 0.0
     onnx = None
+    fp32_measured = False
     if job.strategy == "fp32":
         if m.fp32 is None:
             m.fp32 = evaluate(m.model, m.batches, desc="fp32", progress=progress)
+            fp32_measured = True
         result = m.fp32
     else:
         size = m.info.input_size
@@ -343,6 +351,7 @@ def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False
     report = plan_energy(m.stats, job.plan, cfg.profile)
     prov = provenance(seed=job.seed, files={"weights": m.weights_file})
     prov["study_fingerprint"] = cfg.fingerprint()
+    prov["eval_seconds"] = result.seconds if job.strategy != "fp32" or fp32_measured else 0.0
     return {
         "model": job.model,
         "config": job.config,

@@ -185,6 +185,17 @@ class Store:
         rows = self.db.query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
+    def add_session(self, session: dict) -> None:
+        """Append one ``eaq study`` invocation (start, wall seconds, rows written) to the
+        ``sessions`` list in meta (benchmarks/study_overhead.py reads it)."""
+        sessions = json.loads(self.get_meta("sessions") or "[]") + [session]
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                ("sessions", json.dumps(sessions)),
+            )
+
     def claim(self, fingerprint: str, config: dict) -> bool:
         """Record the study's fingerprint; False if it was there already (same study).
 

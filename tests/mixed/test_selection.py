@@ -72,5 +72,6 @@ def test_plan_scorer_measures_kl_of_logits():
     s8, s4 = score(Plan.uniform(8, 8)), score(Plan.uniform(4, 4))
     assert 0.0 < s8 < s4
     assert score.calls == 3
+    assert score(Plan.uniform(4, 4)) == s4 and score.calls == 3  # measured once per plan
     with pytest.raises(EaqError, match="held-out"):
         PlanScorer(model, calib=batches, held_out=[])

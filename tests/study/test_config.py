@@ -48,11 +48,25 @@ def test_parse_good_and_fingerprint():
         ),
         ("study: t\n", "", r"field 'study': is required"),
         ("budgets: [W4A4, 0.1]", "budgets: [W4A4, 0.1", r"line \d+, column \d+: malformed YAML"),
+        (
+            "granularity: tensor}",
+            "models: [resnet18]}",
+            r"line 7: field 'configs\[1\].models': 'resnet18' is not a model of this study",
+        ),
     ],
 )
 def test_errors_name_field_and_line(old, new, match):
     with pytest.raises(EaqError, match=match):
         parse_study(GOOD.replace(old, new), "s.yaml")
+
+
+def test_a_config_can_name_the_models_it_runs_on():
+    two = GOOD.replace("models:\n", "models:\n  - {name: resnet18, dataset: cifar100}\n")
+    cfg = parse_study(two.replace("granularity: tensor}", "models: [resnet18]}"))
+    assert [c.name for c in cfg.configs_for("resnet18")] == ["FP32", "W4A4", "budget"]
+    assert [c.name for c in cfg.configs_for("resnet20_cifar")] == ["FP32", "budget"]
+    # a study without ``models`` keeps its fingerprint
+    assert "models" not in parse_study(two).to_dict()["configs"][0]
 
 
 def test_repo_studies_parse():

@@ -171,3 +171,20 @@ def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     assert "different study" in capsys.readouterr().err
     with Store.open_folder(other) as s:
         assert s.get_meta("fingerprint") == "0123"
+
+
+def test_seeds_option_and_per_model_configs(tmp_path, resnet20_path, data_root, capsys):
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        TINY.split("configs:")[0]
+        + "configs:\n  - {name: FP32, strategy: fp32}\n"
+        + "  - {name: W8A8, strategy: uniform, w_bits: 8, models: [resnet20_cifar]}\n"
+    )
+    base = [str(study), "--limit", "16", "--no-progress", "--data-root", str(data_root)]
+    assert main(["study", *base, "--out", str(tmp_path / "a"), "--seeds", "1", "1"]) == 2
+    assert "seeds must be distinct integers >= 0, got [1, 1]" in capsys.readouterr().err
+    assert main(["study", *base, "--out", str(tmp_path / "b"), "--seeds", "1", "2"]) == 0
+    rows = _rows(tmp_path / "b")
+    assert sorted((r["config"], r["seed"]) for r in rows) == [
+        ("FP32", 1), ("FP32", 2), ("W8A8", 1), ("W8A8", 2)
+    ]  # fmt: skip
