@@ -5,7 +5,7 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run run-3seeds demo test lint bench bench-deploy bench-scale
+.PHONY: setup run run-3seeds demo test lint tables bench bench-deploy bench-scale bench-overhead
 
 setup:
 	@scripts/bootstrap
@@ -17,6 +17,7 @@ setup:
 run: setup
 	$(VENV)/eaq study studies/seed_cifar100.yaml --out runs/seed-cifar100 --resume
 	$(VENV)/eaq report runs/seed-cifar100 --published studies/published/seed.yaml
+	$(VENV)/python benchmarks/study_overhead.py runs/seed-cifar100
 
 # The same with calibration seeds 0, 1 and 2 (about three times as long).
 run-3seeds: setup
@@ -36,6 +37,10 @@ lint: setup
 	$(VENV)/ruff check eaq tests benchmarks
 	$(VENV)/ruff format --check eaq tests benchmarks
 
+# store the main job's rows in results/ and rewrite the tables of README.md and docs/ from them
+tables: setup
+	$(VENV)/eaq tables --import runs/seed-cifar100
+
 bench: setup
 	$(VENV)/python benchmarks/throughput.py
 
@@ -46,3 +51,7 @@ bench-deploy: setup
 # a 12-row study in-process and on Ray with 1 and 2 workers: wall times and speed-up
 bench-scale: setup
 	$(VENV)/python benchmarks/scale_out.py
+
+# where the main job's time went: wall time over the sum of its evaluations' time
+bench-overhead: setup
+	$(VENV)/python benchmarks/study_overhead.py runs/seed-cifar100

@@ -10,9 +10,7 @@ matmuls), which is what reproduces the seed's Table 2 (0.241 / 0.180 / 0.120).
 
 from __future__ import annotations
 
-import dataclasses
-
-from eaq.energy import ModelStats, collect_stats, plan_energy
+from eaq.energy import ModelStats, collect_stats, plan_energy, seed_miscount
 from eaq.models import create_model
 from eaq.plan import Plan
 from eaq.table import format_table
@@ -20,19 +18,6 @@ from eaq.table import format_table
 MODELS = [("resnet18", 100, 32), ("resnet18_cifar", 100, 32), ("deit_tiny", 1000, 224)]
 PROFILES = ["seed", "horowitz45nm"]
 FP32 = Plan(default=None)
-
-
-def seed_miscount(stats: ModelStats, model) -> ModelStats:
-    """The seed code's count: a Linear's MACs once per call (in*out), attention matmuls dropped."""
-    mods = dict(model.named_modules())
-    layers = tuple(
-        dataclasses.replace(s, macs=mods[s.name].in_features * mods[s.name].out_features)
-        if s.kind == "linear"
-        else s
-        for s in stats.layers
-        if s.kind != "matmul"
-    )
-    return dataclasses.replace(stats, layers=layers)
 
 
 def row(label: str, stats: ModelStats, profile: str) -> tuple:

@@ -17,6 +17,7 @@ from eaq.cli import (
     report_cmd,
     sensitivity_cmd,
     study_cmd,
+    tables_cmd,
     train_cmd,
 )
 from eaq.errors import EaqError
@@ -32,6 +33,7 @@ COMMANDS = (
     sensitivity_cmd,
     study_cmd,
     report_cmd,
+    tables_cmd,
 )
 
 

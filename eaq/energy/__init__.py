@@ -20,7 +20,7 @@ from eaq.energy.profiles import (
     profile_names,
     register_profile,
 )
-from eaq.energy.stats import LayerStats, ModelStats, collect_stats
+from eaq.energy.stats import LayerStats, ModelStats, collect_stats, seed_miscount
 
 __all__ = [
     "MAC_RULES",
@@ -36,4 +36,5 @@ __all__ = [
     "plan_energy",
     "profile_names",
     "register_profile",
+    "seed_miscount",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -257,3 +257,17 @@ def collect_stats(
         elementwise = {k: v // batch for k, v in elementwise.items()}
     layers = tuple(LayerStats(ref.name, ref.kind, *counts[ref.name]) for ref in refs)
     return ModelStats(layers=layers, elementwise=elementwise, input_size=shape)
+
+
+def seed_miscount(stats: ModelStats, model: nn.Module) -> ModelStats:
+    """``stats`` counted as the seed study's code did, to reproduce its Table 2: each Linear's
+    MACs once per call (in * out, not once per token) and no attention matmuls."""
+    mods = dict(model.named_modules())
+    layers = tuple(
+        replace(s, macs=mods[s.name].in_features * mods[s.name].out_features)
+        if s.kind == "linear"
+        else s
+        for s in stats.layers
+        if s.kind != "matmul"
+    )
+    return replace(stats, layers=layers)

@@ -130,13 +130,14 @@ def _num(v: float | None, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
 
-def comparison_table(record: dict) -> tuple[list[str], list[list[str]]]:
-    """Markdown-ready headers and rows of one :func:`compare` record."""
+def comparison_table(record: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Markdown-ready headers and rows of one :func:`compare` record, and its notes: the last
+    column refers to them as ``[n]``, each distinct note once."""
     headers = ["Config", "seed top-1", "seed Δ", "seed energy"]
     for m in record["models"]:
         headers += [f"{m} top-1", f"{m} Δ", f"{m} energy"]
     headers.append("why they differ")
-    rows = []
+    rows, notes = [], []
     for r in record["rows"]:
         cells = [r["label"], f"{r['top1']:.2f}", _num(r["delta"], "+.2f")]
         cells.append(f"{r['relative_energy']:.3f}")
@@ -147,9 +148,16 @@ def comparison_table(record: dict) -> tuple[list[str], list[list[str]]]:
                 continue
             delta = None if r["config"] == "FP32" else got["delta"]
             cells += [f"{got['top1']:.2f}", _num(delta, "+.2f"), f"{got['relative_energy']:.3f}"]
-        cells.append(r["note"])
+        if r["note"] and r["note"] not in notes:
+            notes.append(r["note"])
+        cells.append(f"[{notes.index(r['note']) + 1}]" if r["note"] else "")
         rows.append(cells)
-    return headers, rows
+    return headers, rows, notes
+
+
+def notes_md(notes: list[str]) -> str:
+    """The notes of :func:`comparison_table` as Markdown lines ``[n] text``."""
+    return "\n".join(f"[{i}] {n}  " for i, n in enumerate(notes, 1)).rstrip()
 
 
 def layers_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:

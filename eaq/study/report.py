@@ -18,7 +18,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from eaq.mixed.pareto import best_within, pareto_front
-from eaq.study.published import compare, comparison_table, layers_table, load_published
+from eaq.study.published import (
+    compare,
+    comparison_table,
+    layers_table,
+    load_published,
+    notes_md,
+)
 from eaq.study.store import Store
 
 SUMMARY_FIELDS = (
@@ -109,13 +115,13 @@ def _bits_text(bits: dict) -> str:
     return ", ".join(f"{k}-bit: {v:g} ({100 * v / total:.0f}%)" for k, v in bits.items())
 
 
-def _table_md(headers, rows) -> str:
+def table_md(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
+def main_table(summary: list[dict]) -> tuple[list[str], list[list[str]]]:
     onnx = any(r["onnx_top1_mean"] is not None for r in summary)
     headers = ["Config", "Method", "Accuracy (%)", "Δ Acc.", "Rel. Energy", "Energy Savings"]
     headers += ["Calib. (s)", "Seeds"] + (["onnxruntime (%)"] if onnx else [])
@@ -429,13 +435,14 @@ def write_report(
         md += [f"## Published ({pub.source}) against measured", ""]
         body.append(("h2", f"Published ({pub.source}) against measured"))
         for rec in records:
-            h, t = comparison_table(rec)
+            h, t, notes = comparison_table(rec)
             md += [f"{rec['title']}: published beside eaq's measured rows.", ""]
-            md += [_table_md(h, t), ""]
+            md += [table_md(h, t), ""] + ([notes_md(notes), ""] if notes else [])
             body += [("p", rec["title"]), ("table", (h, t))]
+            body += [("p", f"[{i}] {n}") for i, n in enumerate(notes, 1)]
         h, t = layers_table(records)
         if t:
-            md += ["Layers per width of the mixed configuration (Table 3).", "", _table_md(h, t)]
+            md += ["Layers per width of the mixed configuration (Table 3).", "", table_md(h, t)]
             md.append("")
             body.append(("table", (h, t)))
     for model in sorted({r["model"] for r in summary}):
@@ -443,17 +450,17 @@ def write_report(
         ds = ms[0]["dataset"]
         md += [f"## {model} on {ds} ({ms[0]['n_images']} test images)", ""]
         body.append(("h2", f"{model} on {ds} ({ms[0]['n_images']} test images)"))
-        h, t = _main_table(ms)
+        h, t = main_table(ms)
         md += [
             "Accuracy (top-1, mean ± std over seeds) and energy relative to FP32.",
             "",
-            _table_md(h, t),
+            table_md(h, t),
             "",
         ]
         body.append(("table", (h, t)))
         h, t = _bits_table(ms)
         if t:
-            md += ["Bit-width distribution (mean over seeds).", "", _table_md(h, t), ""]
+            md += ["Bit-width distribution (mean over seeds).", "", table_md(h, t), ""]
             body.append(("table", (h, t)))
         h, t = _selected_table(ms)
         if t:
@@ -461,7 +468,7 @@ def write_report(
                 "Budgets with `select: loss`: the integer program's plan (`milp`) or the uniform "
                 "plan within the budget with the lowest KL on held-out training images.",
                 "",
-                _table_md(h, t),
+                table_md(h, t),
                 "",
             ]
             body.append(("table", (h, t)))
@@ -473,7 +480,7 @@ def write_report(
                 "and granularity (a front never below uniform has Δ ≥ 0 in every row; means "
                 "over seeds).",
                 "",
-                _table_md(h, t),
+                table_md(h, t),
                 "",
             ]
             body.append(("table", (h, t)))
@@ -483,20 +490,26 @@ def write_report(
                 "Each configuration as a deployable model: the command saves it (packed integer "
                 "codes, scales and plan) for `eaq export DIR --onnx FILE`.",
                 "",
-                _table_md(["Config", "Command"], t),
+                table_md(["Config", "Command"], t),
                 "",
             ]
             body.append(("table", (["Config", "Command"], t)))
-        imgs = [pareto_plot(summary, model, out), energy_plot(summary, model, out)]
+        # the seed's Figures 1-3, then the widths each plan gave each layer
+        imgs = [
+            ("Energy by component, MAC against memory (the seed's Figure 1).", energy_plot),
+            ("Top-1 against relative energy, with the Pareto front (Figure 2).", pareto_plot),
+        ]
+        imgs = [(caption, plot(summary, model, out)) for caption, plot in imgs]
         for measure in sorted({r["measure"] for r in sens_rows if r["model"] == model}):
             srows = [r for r in sens_rows if r["model"] == model and r["measure"] == measure]
-            imgs.append(sensitivity_plot(srows, model, out, f"{model}_sensitivity_{measure}"))
+            img = sensitivity_plot(srows, model, out, f"{model}_sensitivity_{measure}")
+            imgs.append((f"Per-layer sensitivity, measure {measure} (Figure 3).", img))
         wp = widths_plot(rows, model, out)
         if wp:
-            imgs.append(wp)
-        for img in imgs:
-            md += [f"![{img}]({img})", ""]
-            body.append(("img", img))
+            imgs.append(("Bit width of each layer, per mixed configuration.", wp))
+        for caption, img in imgs:
+            md += [caption, "", f"![{img}]({img})", ""]
+            body += [("p", caption), ("img", img)]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
     parts = [

@@ -172,6 +172,7 @@ def run_study(
         per_seed = {e.name: sum(_n_plans(c) for c in cfg.configs_for(e.name)) for e in cfg.models}
         total = len(cfg.seeds) * sum(per_seed.values())
         written = 0
+        phases = {"models": 0.0, "plans": 0.0, "rows": 0.0}  # seconds, for the session record
         bar = tqdm(total=total, desc="study", unit="row", disable=not progress)
         bar.update(len(done))
         try:
@@ -179,21 +180,26 @@ def run_study(
                 keys_model = {k for k in done if k[0] == entry.name}
                 if len(keys_model) >= len(cfg.seeds) * per_seed[entry.name]:
                     continue
+                t = time.perf_counter()
                 m = _Model(entry, cfg, data_root)
                 check_study(cfg, m)
+                phases["models"] += time.perf_counter() - t
                 for seed in cfg.seeds:
                     n_done = sum(1 for k in done if k[0] == entry.name and k[2] == seed)
                     if n_done >= per_seed[entry.name]:
                         continue
+                    t = time.perf_counter()
                     jobs = [
                         j
                         for j in resolve_jobs(cfg, m, seed, store, progress)
                         if (j.model, j.config, j.seed) not in done
                     ]
+                    phases["plans"] += time.perf_counter() - t
 
                     def started(job: RowJob) -> None:
                         bar.set_postfix_str(f"{job.model} {job.config} seed {job.seed}")
 
+                    t = time.perf_counter()
                     rows = executor.run(cfg, m, jobs, progress=progress, on_start=started)
                     for row in rows:
                         store.add_result(row)
@@ -206,10 +212,12 @@ def run_study(
                                 f"seed {row['seed']}: top-1 {row['top1']:.2f}%, relative "
                                 f"energy {row['relative_energy']:.4f} ({row['seconds']:.1f} s)"
                             )
+                    phases["rows"] += time.perf_counter() - t
         finally:
             bar.close()
             session = {"started": start_time, "seconds": time.perf_counter() - start}
-            store.add_session({**session, "written": written, "executor": type(executor).__name__})
+            session |= {"phases": phases, "written": written}
+            store.add_session({**session, "executor": type(executor).__name__})
     finally:
         store.close()
     return RunSummary(out, written, n_before, time.perf_counter() - start)

@@ -188,13 +188,17 @@ class Store:
     def add_session(self, session: dict) -> None:
         """Append one ``eaq study`` invocation (start, wall seconds, rows written) to the
         ``sessions`` list in meta (benchmarks/study_overhead.py reads it)."""
-        sessions = json.loads(self.get_meta("sessions") or "[]") + [session]
+        sessions = self.sessions() + [session]
         with self.db.transaction():
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 ("sessions", json.dumps(sessions)),
             )
+
+    def sessions(self) -> list[dict]:
+        """The ``eaq study`` invocations recorded by :meth:`add_session`, oldest first."""
+        return json.loads(self.get_meta("sessions") or "[]")
 
     def claim(self, fingerprint: str, config: dict) -> bool:
         """Record the study's fingerprint; False if it was there already (same study).

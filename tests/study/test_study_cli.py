@@ -154,6 +154,60 @@ def test_json_and_report(tiny, ref_run, data_root, capsys):
     )
 
 
+def test_report_with_published_tables(ref_run, tmp_path, capsys):
+    pub = tmp_path / "pub.yaml"
+    pub.write_text(
+        "source: a paper\n"
+        "tables:\n"
+        "  - title: Table 1\n"
+        "    models: [resnet20_cifar]\n"
+        "    rows:\n"
+        "      - {config: FP32, top1: 90.0, relative_energy: 1.0}\n"
+        "      - {config: W4A4, label: 4-bit, top1: 80.0, relative_energy: 0.1}\n"
+        "      - {config: W2A2, top1: 10.0, relative_energy: 0.05}\n"
+        "    notes: {W4A4: because}\n"
+    )
+    assert main(["report", str(ref_run), "--published", str(pub)]) == 0
+    rep = ref_run / "report"
+    summary = {r["config"]: r for r in json.loads((rep / "summary.json").read_text())}
+    (rec,) = json.loads((rep / "published_vs_measured.json").read_text())
+    rows = {r["config"]: r for r in rec["rows"]}
+    assert rows["W4A4"]["delta"] == -10.0
+    got = rows["W4A4"]["measured"]["resnet20_cifar"]
+    assert got["top1"] == summary["W4A4"]["top1_mean"]
+    assert got["relative_energy"] == summary["W4A4"]["relative_energy"]
+    assert rows["W2A2"]["measured"]["resnet20_cifar"] is None
+    md = (rep / "report.md").read_text()
+    assert "## Published (a paper) against measured" in md
+    assert "| 4-bit | 80.00 | -10.00 | 0.100 |" in md and "not run" in md
+    assert "| [1] |" in md and "[1] because" in md
+    # a bad file is refused before any work, in one line
+    pub.write_text("tables: []")
+    capsys.readouterr()
+    assert main(["report", str(ref_run), "--published", str(pub)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a non-empty list 'tables'" in err and "\n" not in err
+
+
+def test_tables_import_a_study_and_write_its_table(ref_run, tmp_path, capsys):
+    (tmp_path / "README.md").write_text(
+        f"<!-- eaq-table kind=summary rows=results/{ref_run.name}.json configs=FP32,W4A4 -->\n"
+        "<!-- /eaq-table -->\n"
+    )
+    assert main(["tables", "--check", "--root", str(tmp_path)]) == 2  # no rows file yet
+    assert "eaq tables --import" in capsys.readouterr().err
+    assert main(["tables", "--import", str(ref_run), "--root", str(tmp_path)]) == 0
+    stored = json.loads((tmp_path / "results" / f"{ref_run.name}.json").read_text())
+    assert len(stored["rows"]) == 7 and stored["study"]["name"] == "tiny"
+    w4 = next(r for r in _rows(ref_run) if r["config"] == "W4A4")
+    text = (tmp_path / "README.md").read_text()
+    assert "| Config | resnet20_cifar |" in text
+    assert f"| W4A4 | {w4['top1']:.2f} ({w4['relative_energy']:.3f}) |" in text
+    assert main(["tables", "--check", "--root", str(tmp_path)]) == 0
+    assert main(["tables", "--import", str(tmp_path), "--root", str(tmp_path)]) == 2
+    assert "is not a study folder" in capsys.readouterr().err
+
+
 def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     base = ["--limit", "16", "--no-progress", "--data-root", str(data_root)]
     bad = tmp_path / "bad.yaml"
