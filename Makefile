@@ -5,7 +5,7 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run run-3seeds demo test lint tables bench bench-deploy bench-scale bench-overhead
+.PHONY: setup run run-3seeds demo test lint tables bench bench-deploy bench-scale bench-overhead peers
 
 setup:
 	@scripts/bootstrap
@@ -55,3 +55,9 @@ bench-scale: setup
 # where the main job's time went: wall time over the sum of its evaluations' time
 bench-overhead: setup
 	$(VENV)/python benchmarks/study_overhead.py runs/seed-cifar100
+
+# peer toolkits (onnxruntime, torchao, Brevitas, NNCF) on the same checkpoints, calibration images
+# and test sets, in their own .venv-peers (peers/README.md); never part of make test
+peers:
+	bash peers/setup.sh
+	.venv-peers/bin/python peers/run.py --out runs/peers
