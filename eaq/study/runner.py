@@ -173,6 +173,12 @@ def run_study(
         total = len(cfg.seeds) * sum(per_seed.values())
         written = 0
         phases = {"models": 0.0, "plans": 0.0, "rows": 0.0}  # seconds, for the session record
+
+        def record_session() -> None:
+            session = {"started": start_time, "seconds": time.perf_counter() - start}
+            session |= {"phases": phases, "written": written}
+            store.record_session({**session, "executor": type(executor).__name__})
+
         bar = tqdm(total=total, desc="study", unit="row", disable=not progress)
         bar.update(len(done))
         try:
@@ -205,6 +211,10 @@ def run_study(
                         store.add_result(row)
                         done.add((row["model"], row["config"], row["seed"]))
                         written += 1
+                        now = time.perf_counter()
+                        phases["rows"] += now - t
+                        t = now
+                        record_session()
                         bar.update(1)
                         if say is not None:
                             say(
@@ -215,9 +225,7 @@ def run_study(
                     phases["rows"] += time.perf_counter() - t
         finally:
             bar.close()
-            session = {"started": start_time, "seconds": time.perf_counter() - start}
-            session |= {"phases": phases, "written": written}
-            store.add_session({**session, "executor": type(executor).__name__})
+            record_session()
     finally:
         store.close()
     return RunSummary(out, written, n_before, time.perf_counter() - start)

@@ -185,10 +185,13 @@ class Store:
         rows = self.db.query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    def add_session(self, session: dict) -> None:
-        """Append one ``eaq study`` invocation (start, wall seconds, rows written) to the
-        ``sessions`` list in meta (benchmarks/study_overhead.py reads it)."""
-        sessions = self.sessions() + [session]
+    def record_session(self, session: dict) -> None:
+        """Record one ``eaq study`` invocation (start, wall seconds so far, rows written) in the
+        ``sessions`` list in meta, replacing the entry with the same ``started``: called after
+        every row, so a killed run's time is kept up to its last row
+        (benchmarks/study_overhead.py reads it)."""
+        sessions = [s for s in self.sessions() if s["started"] != session["started"]]
+        sessions.append(session)
         with self.db.transaction():
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -197,7 +200,7 @@ class Store:
             )
 
     def sessions(self) -> list[dict]:
-        """The ``eaq study`` invocations recorded by :meth:`add_session`, oldest first."""
+        """The ``eaq study`` invocations recorded by :meth:`record_session`, oldest first."""
         return json.loads(self.get_meta("sessions") or "[]")
 
     def claim(self, fingerprint: str, config: dict) -> bool:

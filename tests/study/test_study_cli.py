@@ -65,6 +65,10 @@ def _n_rows(db: Path) -> int:
 def test_sigkill_resume_equals_uninterrupted(tiny, ref_run, tmp_path, data_root, capsys):
     want = _rows(ref_run)
     assert len(want) == 7
+    with Store.open_folder(ref_run) as s:
+        (session,) = s.sessions()
+    assert session["written"] == 7 and set(session["phases"]) == {"models", "plans", "rows"}
+    assert sum(session["phases"].values()) <= session["seconds"]
 
     out = tmp_path / "killed"
     env = {**os.environ, "EAQ_DATA_ROOT": str(data_root)}
