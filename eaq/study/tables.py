@@ -199,22 +199,24 @@ def documents(root: str | Path) -> list[Path]:
     return [p for p in candidates if p.is_file() and BLOCK.search(p.read_text())]
 
 
-def check_documents(root: str | Path) -> list[Path]:
-    """The documents whose committed tables differ from what their rows give."""
-    stale = []
+def _stale(root: str | Path) -> list[tuple[Path, str]]:
+    """Each document whose tables differ from what their rows give, with its regenerated text."""
+    out = []
     for p in documents(root):
         old, new = update_document(p, root)
         if new != old:
-            stale.append(p)
-    return stale
+            out.append((p, new))
+    return out
+
+
+def check_documents(root: str | Path) -> list[Path]:
+    """The documents whose committed tables differ from what their rows give."""
+    return [p for p, _ in _stale(root)]
 
 
 def write_documents(root: str | Path) -> list[Path]:
     """Regenerate every table block; returns the documents that changed."""
-    changed = []
-    for p in documents(root):
-        old, new = update_document(p, root)
-        if new != old:
-            p.write_text(new)
-            changed.append(p)
-    return changed
+    stale = _stale(root)
+    for p, new in stale:
+        p.write_text(new)
+    return [p for p, _ in stale]
