@@ -2,11 +2,12 @@
 
 Reads a study folder (default: runs/seed-cifar100, what `make run` writes) and prints, from what
 the study stored while it ran: the wall time of every `eaq study` invocation that wrote to it
-(resumed runs included; a killed one's up to its last stored row), the time of each row's test-set evaluation, of its quantization and
-calibration (per method), and of the work outside rows (building models, FP32 statistics,
-sensitivities and plan scoring). The overhead is wall / sum(evaluation seconds); the second ratio
-also counts the calibration of the reconstruction methods (QDrop, ranking-aware, ...) as work,
-since their search is the method itself. Not a test: `make bench-overhead`.
+(resumed runs included; a killed one's up to its last stored row), the time of each row's
+test-set evaluation, of its quantization and calibration (per method), and of the work outside
+rows (building models, FP32 statistics, sensitivities and plan scoring). The overhead is
+wall / sum(evaluation seconds); the second ratio also counts the calibration of the
+reconstruction methods (QDrop, ranking-aware, ...) as work, since their search is the method
+itself. Not a test: `make bench-overhead`.
 
     python benchmarks/study_overhead.py [runs/seed-cifar100] [--json]
 """
