@@ -15,7 +15,10 @@ import eaq.methods.reconstruction  # noqa: F401  (registers brecq, qdrop)
 import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant)
 from eaq.methods.registry import (
     Method,
+    check_method_applies,
+    check_method_model,
     check_method_options,
+    check_method_plan,
     get_method,
     list_methods,
     method_names,
@@ -25,7 +28,10 @@ from eaq.methods.registry import (
 
 __all__ = [
     "Method",
+    "check_method_applies",
+    "check_method_model",
     "check_method_options",
+    "check_method_plan",
     "get_method",
     "list_methods",
     "method_names",

@@ -432,6 +432,7 @@ ADAROUND_ITERS = 1000  # per layer; ResNet-20 W4A4: ~200 s single-threaded on a 
     "adaround",
     "BatchNorm folding, PTQ activations, AdaRound learned weight rounding (Nagel et al. 2020)",
     check=lambda **o: AdaRoundConfig(**o) and None,
+    needs=("weights",),
 )
 def adaround(
     model: nn.Module,

@@ -26,6 +26,7 @@ with BatchNorms folded first. The method ``cle`` runs all of it and then another
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -212,10 +213,26 @@ def _check(*, rounds: int, absorb_bias: bool, relu6_to_relu: bool, then: str) ->
     check_method_options(then, {})
 
 
+def _no_pairs_error() -> EaqError:
+    return EaqError(
+        "cle found no pair of convolutions joined by a ReLU or nothing; it has nothing to "
+        "equalize in this model (pick another method)"
+    )
+
+
+def _check_model(model: nn.Module) -> None:
+    probe = copy.deepcopy(model)
+    replace_relu6_(probe)
+    fold_batchnorm_(probe)
+    if not equalization_pairs(probe):
+        raise _no_pairs_error()
+
+
 @register_method(
     "cle",
     "cross-layer equalization + high-bias absorption (DFQ, Nagel et al. 2019), then a method",
     check=_check,
+    check_model=_check_model,
 )
 def cle(
     model: nn.Module,
@@ -239,10 +256,7 @@ def cle(
     fold_batchnorm_(model)
     pairs = equalization_pairs(model)
     if not pairs:
-        raise EaqError(
-            "cle found no pair of convolutions joined by a ReLU or nothing; it has nothing to "
-            "equalize in this model (pick another method)"
-        )
+        raise _no_pairs_error()
     scales = equalize_(model, pairs, rounds=rounds)
     absorbed = 0
     if absorb_bias:

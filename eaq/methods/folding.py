@@ -26,6 +26,7 @@ import re
 import torch
 from torch import nn
 
+from eaq.errors import EaqError
 from eaq.methods.registry import Batches, get_method, register_method
 from eaq.nn import QuantAttention, QuantConv2d, QuantLinear, QuantMatMul, QuantSummary
 from eaq.plan import Plan
@@ -148,7 +149,19 @@ def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-@register_method("bnfold", "fold BatchNorm into the preceding conv, then plain PTQ")
+def _check_bnfold(model: nn.Module) -> None:
+    if not find_conv_bn_pairs(model):
+        raise EaqError(
+            "bnfold found no convolution followed by a BatchNorm in this model: it would be "
+            "plain PTQ; use method 'ptq'"
+        )
+
+
+@register_method(
+    "bnfold",
+    "fold BatchNorm into the preceding conv, then plain PTQ",
+    check_model=_check_bnfold,
+)
 def bnfold(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
     fold_batchnorm_(model)
     return get_method("ptq").fn(model, plan, calib)

@@ -239,6 +239,7 @@ def _check(*, percdamp: float, block_columns: int, act_order: bool, sequential: 
     "gptq",
     "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations",
     check=_check,
+    needs=("weights",),
 )
 def gptq(
     model: nn.Module,

@@ -344,6 +344,7 @@ def _run(
     check=lambda *, iters, learn_act_scale, seed: (
         ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), learn_act_scale) and None
     ),
+    needs=("weights",),
 )
 def brecq(
     model: nn.Module,
@@ -364,6 +365,7 @@ def brecq(
     check=lambda *, iters, drop_prob, seed: (
         ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), drop_prob=drop_prob) and None
     ),
+    needs=("weights", "activations"),
 )
 def qdrop(
     model: nn.Module,

@@ -32,6 +32,13 @@ class Method:
         check: ``check(**options)`` raises :class:`EaqError` for values the method cannot
             take (an iteration count of 0, say), so that they fail before any work; None when
             the types are all there is to check.
+        needs: what the plan must quantize somewhere for the method to do anything beyond
+            plain PTQ: ``"weights"`` (a method that chooses weight roundings) and/or
+            ``"activations"`` (one that moves activation ranges). A plan without it is an
+            error, never a silent plain PTQ.
+        check_model: ``check_model(model)`` raises :class:`EaqError` where the method has
+            nothing to work on in ``model`` (SmoothQuant without LayerNorm -> Linear pairs,
+            say); None when it applies to any model.
     """
 
     name: str
@@ -39,23 +46,34 @@ class Method:
     fn: MethodFn
     options: dict
     check: Callable[..., None] | None = None
+    needs: tuple[str, ...] = ()
+    check_model: Callable[[nn.Module], None] | None = None
 
 
 METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
-    name: str, summary: str, *, check: Callable[..., None] | None = None
+    name: str,
+    summary: str,
+    *,
+    check: Callable[..., None] | None = None,
+    needs: tuple[str, ...] = (),
+    check_model: Callable[[nn.Module], None] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as method ``name``; ``summary`` is its one line in ``eaq methods``.
 
-    ``check(**options)``, when given, validates the option values (see :class:`Method`).
+    ``check(**options)``, when given, validates the option values; ``needs`` names what the
+    plan must quantize and ``check_model`` what the model must hold (see :class:`Method`).
     """
+    unknown = set(needs) - {"weights", "activations"}
+    if unknown:
+        raise ValueError(f"needs takes 'weights' and 'activations', got {sorted(unknown)}")
 
     def wrap(fn: MethodFn) -> MethodFn:
         params = inspect.signature(fn).parameters.values()
         options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-        METHODS.add(name, Method(name, summary, fn, options, check))
+        METHODS.add(name, Method(name, summary, fn, options, check, tuple(needs), check_model))
         return fn
 
     return wrap
@@ -105,7 +123,40 @@ def quantize_model_(
 ) -> QuantSummary:
     """Quantize ``model`` in place with ``plan`` and the named method; return the summary."""
     options = check_method_options(method, options)
+    check_method_applies(method, model, plan)
     return get_method(method).fn(model, plan, calib, **options)
+
+
+def _plan_quantizes(plan: Plan, what: str) -> bool:
+    field = "w_bits" if what == "weights" else "a_bits"
+    configs = [plan.default, *(cfg for _, cfg in plan.rules)]
+    return any(cfg is not None and getattr(cfg, field) is not None for cfg in configs)
+
+
+def check_method_applies(name: str, model: nn.Module, plan: Plan) -> None:
+    """Raise :class:`EaqError` where method ``name`` has nothing to work on: ``plan``
+    quantizes nothing it changes (GPTQ with every weight left in float, say) or ``model``
+    lacks what it needs (SmoothQuant on a CNN). Cheap: run it before any calibration."""
+    check_method_plan(name, plan)
+    check_method_model(name, model)
+
+
+def check_method_model(name: str, model: nn.Module) -> None:
+    """Raise :class:`EaqError` if ``model`` lacks what method ``name`` works on."""
+    method = get_method(name)
+    if method.check_model is not None:
+        method.check_model(model)
+
+
+def check_method_plan(name: str, plan: Plan) -> None:
+    """Raise :class:`EaqError` if ``plan`` quantizes nothing that method ``name`` changes."""
+    for what in get_method(name).needs:
+        if not _plan_quantizes(plan, what):
+            width = "w_bits" if what == "weights" else "a_bits"
+            raise EaqError(
+                f"method {name!r} works on quantized {what} and this plan quantizes none "
+                f"({width} is unset everywhere); give {width} or use method 'ptq'"
+            )
 
 
 @register_method(

@@ -104,19 +104,25 @@ def _check(*, alpha: float) -> None:
         raise EaqError(f"alpha must be in [0, 1], got {alpha}")
 
 
-@register_method(
-    "smoothquant",
-    "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ",
-    check=_check,
-)
-def smoothquant(
-    model: nn.Module, plan: Plan, calib: Batches, *, alpha: float = 0.5
-) -> QuantSummary:
+def _check_model(model: nn.Module) -> None:
     if not find_norm_linear_pairs(model):
         raise EaqError(
             "smoothquant needs LayerNorm -> Linear pairs (transformer blocks) and this model has "
             "none; pick another method (`eaq methods`)"
         )
+
+
+@register_method(
+    "smoothquant",
+    "SmoothQuant (Xiao et al. 2022): LayerNorm->Linear smoothing, PTQ",
+    check=_check,
+    needs=("activations",),
+    check_model=_check_model,
+)
+def smoothquant(
+    model: nn.Module, plan: Plan, calib: Batches, *, alpha: float = 0.5
+) -> QuantSummary:
+    _check_model(model)
     fold_batchnorm_(model)
     smooth_(model, calib, alpha=alpha)
     return get_method("ptq").fn(model, plan, calib)

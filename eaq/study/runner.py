@@ -23,6 +23,7 @@ from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
 from eaq.evaluate import EvalResult, channels_last_, evaluate
+from eaq.methods import check_method_model, check_method_plan
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -124,9 +125,18 @@ def check_study(cfg: StudyConfig, model: _Model) -> None:
         measure=cfg.sensitivity.measure,
         n_images=0,
     )
+    checked_models: set[str] = set()
     for entry in cfg.configs_for(model.entry.name):
+        method, _ = cfg.method_of(entry)
         try:
-            _plans(entry, model.layers, model.stats, cfg.profile, dummy, lambda plan: 0.0)
+            plans = _plans(entry, model.layers, model.stats, cfg.profile, dummy, lambda plan: 0.0)
+            for _, named in plans:
+                if named.strategy == "fp32":
+                    continue
+                check_method_plan(method, named.plan)
+                if method not in checked_models:
+                    check_method_model(method, model.model)
+                    checked_models.add(method)
         except EaqError as e:
             raise EaqError(f"model {model.entry.name}, config {entry.name!r}: {e}") from None
 
