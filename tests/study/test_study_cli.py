@@ -221,6 +221,11 @@ def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     bad.write_text(TINY.replace("budgets: [W4A4, 0.1]", "budgets: [0.01]"))
     assert main(["study", str(bad), "--out", str(tmp_path / "b"), *base]) == 2
     assert "minimum relative energy" in capsys.readouterr().err
+    bad.write_text(TINY.replace("method: gptq", "method: smoothquant").replace("percdamp", "alpha"))
+    assert main(["study", str(bad), "--out", str(tmp_path / "c"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "config 'W4A4-gptq': smoothquant needs LayerNorm -> Linear pairs" in err
+    assert not (tmp_path / "c").exists() or _rows(tmp_path / "c") == []  # before any row
     # a folder holding a different study is refused, its rows kept
     other = tmp_path / "other"
     with Store.open_folder(other, create=True) as s:
