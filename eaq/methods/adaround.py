@@ -11,10 +11,12 @@ is rounded up or down by a learned soft variable::
 the range). The loss of one layer is the output reconstruction error plus a regulariser that
 pushes every ``h`` to 0 or 1::
 
-    loss = mean_over(N, H, W) sum_over(C) (W_fp x_fp - W_soft Q(x_q))^2
+    loss = mean_over(N, H, W) sum_over(C) (f(W_fp x_fp) - f(W_soft Q(x_q)))^2
            + lambda * sum(1 - |2 h(V) - 1|^beta)
 
-with ``beta`` annealed linearly from 20 to 2 after a warm-up (the first 20% of the iterations)
+where ``f`` is the activation function the layer's output goes into (ReLU, ReLU6 or GELU,
+found on the model's graph after BatchNorm folding; the identity where there is none), with
+``beta`` annealed linearly from 20 to 2 after a warm-up (the first 20% of the iterations)
 without the regulariser, Adam at lr 1e-3, then hard rounding (``h >= 0.5``).
 
 Which inputs and targets (the paper's "asymmetric" reconstruction, as in its Sec. 5 and in
@@ -41,10 +43,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eaq.errors import EaqError
-from eaq.methods.folding import fold_batchnorm_
+from eaq.methods.folding import QuantLeafTracer, fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
 from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
@@ -63,6 +66,7 @@ __all__ = [
     "bake_rounding_",
     "capture_inputs",
     "capture_io",
+    "following_activations",
     "optimize_rounding_",
     "prepare_",
     "rtn_error",
@@ -260,6 +264,45 @@ def capture_io(model: nn.Module, name: str, calib: Batches) -> tuple[Tensor, Ten
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU)
+_ACTIVATION_FUNCTIONS = {F.relu: F.relu, torch.relu: F.relu, F.relu6: F.relu6, F.gelu: F.gelu}
+
+
+def following_activations(model: nn.Module, names: Iterable[str]) -> dict[str, Callable]:
+    """The activation function applied to each named layer's output, where there is one.
+
+    A layer's output must reach the activation alone (one user), through nothing but
+    ``nn.Identity`` (a folded BatchNorm): ``relu(bn(conv(x)))`` after folding. Layers with no
+    such activation, or a model ``torch.fx`` cannot trace, are left out (their loss is on the
+    layer output itself).
+    """
+    wanted = set(names)
+    try:
+        graph = QuantLeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure: no activations known
+        log.info("the model could not be traced; reconstruction losses on layer outputs")
+        return {}
+    modules = dict(model.named_modules())
+    found: dict[str, Callable] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        n = node
+        while len(n.users) == 1:
+            (user,) = n.users
+            target = modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(target, nn.Identity):
+                n = user
+                continue
+            if isinstance(target, _ACTIVATION_MODULES):
+                found[node.target] = target
+            elif user.op == "call_function" and user.target in _ACTIVATION_FUNCTIONS:
+                if len(user.args) == 1 and not user.kwargs:
+                    found[node.target] = _ACTIVATION_FUNCTIONS[user.target]
+            break
+    return found
+
+
 def reconstruction_error(out: Tensor, target: Tensor) -> Tensor:
     """Squared error summed over the channel dim (dim 1), averaged over the rest."""
     err = (out - target).pow(2)
@@ -279,23 +322,35 @@ class ReconstructionStats:
 
 
 def rtn_error(
-    unit: nn.Module, rounders: Sequence[AdaRoundWeight], inputs: Tensor, targets: Tensor
+    unit: nn.Module,
+    rounders: Sequence[AdaRoundWeight],
+    inputs: Tensor,
+    targets: Tensor,
+    activation: Callable[[Tensor], Tensor] | None = None,
 ) -> float:
     """Unit-output error with round-to-nearest weights (the rounders' initial hard rounding)."""
     for r in rounders:
         r.harden()
     try:
-        return _full_error(unit, inputs, targets)
+        return _full_error(unit, inputs, targets, activation)
     finally:
         for r in rounders:
             r.hard = False
 
 
 @torch.no_grad()
-def _full_error(unit: nn.Module, inputs: Tensor, targets: Tensor, chunk: int = 256) -> float:
+def _full_error(
+    unit: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    activation: Callable[[Tensor], Tensor] | None = None,
+    chunk: int = 256,
+) -> float:
     total = 0.0
     for i in range(0, inputs.shape[0], chunk):
         out = unit(inputs[i : i + chunk])
+        if activation is not None:
+            out = activation(out)
         total += float(reconstruction_error(out, targets[i : i + chunk])) * out.shape[0]
     return total / inputs.shape[0]
 
@@ -309,6 +364,7 @@ def optimize_rounding_(
     *,
     extra_params: Sequence[tuple[list[nn.Parameter], float]] = (),
     make_input: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    activation: Callable[[Tensor], Tensor] | None = None,
 ) -> None:
     """Learn the rounding variables of ``rounders`` (already attached inside ``unit``).
 
@@ -324,6 +380,8 @@ def optimize_rounding_(
         extra_params: ``(params, lr)`` groups learned alongside (e.g. activation step sizes).
         make_input: ``make_input(idx, generator)`` returns the batch input for sample indices
             ``idx`` (QDrop mixes float and quantized inputs); default ``inputs[idx]``.
+        activation: applied to ``unit``'s output before the error (the papers' loss after
+            the activation function); ``targets`` must already have it applied.
     """
     frozen = [(p, p.requires_grad) for p in unit.parameters()]
     for p, _ in frozen:
@@ -346,7 +404,10 @@ def optimize_rounding_(
             for step in range(config.iters):
                 idx = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
                 x = make_input(idx, gen) if make_input is not None else inputs[idx]
-                loss = reconstruction_error(unit(x), targets[idx])
+                out = unit(x)
+                if activation is not None:
+                    out = activation(out)
+                loss = reconstruction_error(out, targets[idx])
                 beta = config.beta(step)
                 if beta is not None and config.reg_weight > 0 and rounders:
                     loss = loss + config.reg_weight * sum(r.regularizer(beta) for r in rounders)
@@ -383,7 +444,9 @@ def adaround_(
     """AdaRound every weight-quantized conv/linear layer of a quantized, calibrated ``model``.
 
     Layers are done in module order; each one's input comes from ``model`` as it stands (earlier
-    layers already rounded), its target from the same-named layer of ``float_model``.
+    layers already rounded), its target from the same-named layer of ``float_model``. Where
+    the layer's output goes straight into an activation function (after BatchNorm folding),
+    the loss is on the activation's output, as in the paper (its Eq. 25).
 
     Args:
         model: The quantized model (weight and activation quantizers calibrated).
@@ -399,15 +462,20 @@ def adaround_(
     model.eval()
     float_model.eval()
     stats = []
-    for name, layer in rounding_layers(model):
+    layers = rounding_layers(model)
+    activations = following_activations(float_model, [name for name, _ in layers])
+    for name, layer in layers:
         t0 = time.perf_counter()
+        act = activations.get(name)
         inputs = capture_inputs(model, name, calib)
         _, targets = capture_io(float_model, name, calib)
+        if act is not None:
+            targets = act(targets)
         [(layer_, quantizer, ada)] = attach_rounding_([layer])
-        before = rtn_error(layer, [ada], inputs, targets)
-        optimize_rounding_(layer, [ada], inputs, targets, config)
+        before = rtn_error(layer, [ada], inputs, targets, act)
+        optimize_rounding_(layer, [ada], inputs, targets, config, activation=act)
         bake_rounding_(layer_, quantizer, ada)
-        after = _full_error(layer, inputs, targets)
+        after = _full_error(layer, inputs, targets, act)
         row = ReconstructionStats(
             name, ada.w_floor.numel(), before, after, time.perf_counter() - t0
         )
@@ -440,10 +508,15 @@ def adaround(
     calib: Batches,
     *,
     iters: int = ADAROUND_ITERS,
+    lr: float = 1e-3,
+    batch_size: int = 32,
     reg_weight: float = 0.01,
+    warmup: float = 0.2,
     seed: int = 0,
 ) -> QuantSummary:
-    config = AdaRoundConfig(iters=iters, reg_weight=reg_weight, seed=seed)
+    config = AdaRoundConfig(
+        iters=iters, batch_size=batch_size, lr=lr, reg_weight=reg_weight, warmup=warmup, seed=seed
+    )
     summary, float_model = prepare_(model, plan, calib)
     t0 = time.perf_counter()
     adaround_(model, float_model, calib, config, verbose=True)

@@ -55,7 +55,7 @@ def module_calls(graph: torch.fx.Graph) -> dict[str, int]:
     return calls
 
 
-class _Tracer(torch.fx.Tracer):
+class QuantLeafTracer(torch.fx.Tracer):
     """fx's tracer, with eaq's quantized layers as leaves (a conv stays one call)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -64,7 +64,7 @@ class _Tracer(torch.fx.Tracer):
 
 def _pairs_by_graph(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
-        graph = _Tracer().trace(model)
+        graph = QuantLeafTracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: use the naming rule
         return None
     modules = dict(model.named_modules())

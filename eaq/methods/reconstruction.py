@@ -9,16 +9,19 @@ Extremely Low-bit Post-Training Quantization", arXiv:2203.05740) additionally, d
 reconstruction only, keeps each activation element in float with probability 0.5.
 
 Units, in module order (:func:`reconstruction_units`): every residual block (:data:`BLOCK_TYPES`:
-eaq's ``BasicBlockA``, torchvision's ``BasicBlock`` / ``Bottleneck``, timm's ViT ``Block``) and,
+eaq's ``BasicBlockA``, torchvision's ``BasicBlock`` / ``Bottleneck`` / MobileNetV2's
+``InvertedResidual``, timm's ViT ``Block``) and,
 as single layers, every quantized conv/linear outside a block (the stem and the head).
 
 Per unit: the **target** is the float unit's output on the float model's input to it; the
 **input** is what the quantized model feeds it (every earlier unit already reconstructed). The
 loss is AdaRound's (:mod:`eaq.methods.adaround`): output error summed over channels plus the
-annealed rounding regulariser. The activation quantizers inside the unit (the input quantizer
-of each conv/linear, including the unit's first, which quantizes the unit input, and the
-attention matmuls' inputs) are wrapped for the duration by :class:`ReconActQuantizer`; their
-learned step sizes are written back into the :class:`~eaq.quant.Quantizer` buffers afterwards.
+annealed rounding regulariser; a block's output is taken after its last activation, and a single
+layer's after the activation function it feeds (the stem's ReLU), as in the papers. The
+activation quantizers inside the unit (the input quantizer of each conv/linear, including the
+unit's first, which quantizes the unit input, and the attention matmuls' inputs) are wrapped
+for the duration by :class:`ReconActQuantizer`; their learned step sizes are written back into
+the :class:`~eaq.quant.Quantizer` buffers afterwards.
 
 QDrop, as in its reference code: the unit input is the float input or the quantized-model input,
 chosen per element with probability 0.5, and each activation quantizer in the unit passes each
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +50,7 @@ from eaq.methods.adaround import (
     bake_rounding_,
     capture_inputs,
     capture_io,
+    following_activations,
     optimize_rounding_,
     prepare_,
     rounding_layers,
@@ -74,9 +79,10 @@ __all__ = [
 def _block_types() -> tuple[type[nn.Module], ...]:
     types: list[type[nn.Module]] = [BasicBlockA]
     try:
+        from torchvision.models.mobilenetv2 import InvertedResidual
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        types += [BasicBlock, Bottleneck]
+        types += [BasicBlock, Bottleneck, InvertedResidual]
     except ImportError:  # pragma: no cover - torchvision is a dependency
         pass
     try:
@@ -219,6 +225,7 @@ def reconstruct_unit_(
     *,
     float_inputs: Tensor | None = None,
     name: str = "",
+    activation: Callable[[Tensor], Tensor] | None = None,
 ) -> ReconstructionStats:
     """Reconstruct one quantized unit in place: learn its weights' rounding and act step sizes.
 
@@ -230,6 +237,8 @@ def reconstruct_unit_(
         float_inputs: The float model's inputs (needed for QDrop's input mixing; ignored
             without QDrop).
         name: For the returned stats.
+        activation: The activation function the unit's output goes into, applied before the
+            error (``targets`` must already have it applied); None: the unit output itself.
 
     Returns:
         The unit-output error (on all cached samples, no QDrop) before and after.
@@ -247,7 +256,7 @@ def reconstruct_unit_(
         drop = config.drop_prob
         for _, w in wrapped:
             w.drop_prob = 0.0
-        before = rtn_error(unit, [ada for _, _, ada in attached], inputs, targets)
+        before = rtn_error(unit, [ada for _, _, ada in attached], inputs, targets, activation)
         for _, w in wrapped:
             w.drop_prob = drop
         make_input = None
@@ -268,6 +277,7 @@ def reconstruct_unit_(
             config.rounding,
             extra_params=extra,
             make_input=make_input,
+            activation=activation,
         )
     finally:
         for qname, w in wrapped:
@@ -276,7 +286,7 @@ def reconstruct_unit_(
                 unit.set_submodule(qname, q)
         for layer, quantizer, ada in attached:
             bake_rounding_(layer, quantizer, ada)
-    after = _full_error(unit, inputs, targets)
+    after = _full_error(unit, inputs, targets, activation)
     n_weights = sum(ada.w_floor.numel() for _, _, ada in attached)
     return ReconstructionStats(name, n_weights, before, after, time.perf_counter() - t0)
 
@@ -306,9 +316,14 @@ def reconstruct_(
     float_model.eval()
     stats = []
     tag = "qdrop" if config.drop_prob > 0 else "brecq"
-    for name in reconstruction_units(model):
+    units = reconstruction_units(model)
+    activations = following_activations(float_model, units)
+    for name in units:
         inputs = capture_inputs(model, name, calib)
         float_inputs, targets = capture_io(float_model, name, calib)
+        act = activations.get(name)
+        if act is not None:
+            targets = act(targets)
         row = reconstruct_unit_(
             model.get_submodule(name),
             inputs,
@@ -316,6 +331,7 @@ def reconstruct_(
             config,
             float_inputs=float_inputs,
             name=name,
+            activation=act,
         )
         stats.append(row)
         if verbose:
@@ -338,12 +354,28 @@ def _run(
     return summary
 
 
+def _config(
+    *,
+    iters: int,
+    lr: float,
+    batch_size: int,
+    reg_weight: float,
+    warmup: float,
+    seed: int,
+    learn_act_scale: bool,
+    act_lr: float,
+    drop_prob: float,
+) -> ReconstructionConfig:
+    rounding = AdaRoundConfig(
+        iters=iters, batch_size=batch_size, lr=lr, reg_weight=reg_weight, warmup=warmup, seed=seed
+    )
+    return ReconstructionConfig(rounding, learn_act_scale, act_lr, drop_prob)
+
+
 @register_method(
     "brecq",
     "BatchNorm folding, PTQ activations, BRECQ block reconstruction (Li et al. 2021)",
-    check=lambda *, iters, learn_act_scale, seed: (
-        ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), learn_act_scale) and None
-    ),
+    check=lambda **o: _config(**o, drop_prob=0.0) and None,
     needs=("weights",),
 )
 def brecq(
@@ -352,19 +384,35 @@ def brecq(
     calib: Batches,
     *,
     iters: int = BRECQ_ITERS,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    reg_weight: float = 0.01,
+    warmup: float = 0.2,
     learn_act_scale: bool = True,
+    act_lr: float = 4e-5,
     seed: int = 0,
 ) -> QuantSummary:
-    rounding = AdaRoundConfig(iters=iters, seed=seed)
-    return _run(model, plan, calib, ReconstructionConfig(rounding, learn_act_scale))
+    """Options: ``iters`` Adam steps per unit, ``lr`` of the rounding variables, ``batch_size``
+    samples per step, ``reg_weight`` and ``warmup`` of the rounding regulariser,
+    ``learn_act_scale`` and ``act_lr`` of the activation step sizes."""
+    config = _config(
+        iters=iters,
+        lr=lr,
+        batch_size=batch_size,
+        reg_weight=reg_weight,
+        warmup=warmup,
+        seed=seed,
+        learn_act_scale=learn_act_scale,
+        act_lr=act_lr,
+        drop_prob=0.0,
+    )
+    return _run(model, plan, calib, config)
 
 
 @register_method(
     "qdrop",
     "BRECQ block reconstruction with QDrop: activation quantization dropped at p=0.5 (Wei 2022)",
-    check=lambda *, iters, drop_prob, seed: (
-        ReconstructionConfig(AdaRoundConfig(iters=iters, seed=seed), drop_prob=drop_prob) and None
-    ),
+    check=lambda **o: _config(**o, learn_act_scale=True) and None,
     needs=("weights", "activations"),
 )
 def qdrop(
@@ -373,8 +421,24 @@ def qdrop(
     calib: Batches,
     *,
     iters: int = BRECQ_ITERS,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    reg_weight: float = 0.01,
+    warmup: float = 0.2,
+    act_lr: float = 4e-5,
     drop_prob: float = QDROP_PROB,
     seed: int = 0,
 ) -> QuantSummary:
-    rounding = AdaRoundConfig(iters=iters, seed=seed)
-    return _run(model, plan, calib, ReconstructionConfig(rounding, drop_prob=drop_prob))
+    """Options as :func:`brecq`'s (step sizes always learned), and ``drop_prob``."""
+    config = _config(
+        iters=iters,
+        lr=lr,
+        batch_size=batch_size,
+        reg_weight=reg_weight,
+        warmup=warmup,
+        seed=seed,
+        learn_act_scale=True,
+        act_lr=act_lr,
+        drop_prob=drop_prob,
+    )
+    return _run(model, plan, calib, config)

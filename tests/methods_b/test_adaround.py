@@ -176,3 +176,47 @@ def test_fake_quantize_reference_matches_bake():
     ada.harden()
     baked = ada(w)
     assert torch.equal(fake_quantize(baked, q.scale, q.zero_point, *q._qrange), baked)
+
+
+class _FunctionalRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 4, 1)
+        self.tail = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        z = self.head(y)
+        return self.tail(z) + z  # head's output has two users: no activation
+
+
+def test_following_activations_after_folding():
+    from eaq.methods.adaround import following_activations
+    from eaq.methods.folding import fold_batchnorm_
+
+    model = _FunctionalRelu().eval()
+    fold_batchnorm_(model)
+    assert set(following_activations(model, ["conv", "head", "tail"])) == {"conv"}
+    seq = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4), nn.ReLU6()).eval()
+    acts = following_activations(seq, ["0", "2"])
+    assert isinstance(acts["0"], nn.GELU) and isinstance(acts["2"], nn.ReLU6)
+
+
+def test_adaround_loss_is_taken_after_the_activation():
+    """Every output of the first layer is far below zero, so after its ReLU there is nothing
+    to reconstruct: its error before and after is exactly 0. Without the ReLU it is not."""
+    errors = {}
+    for act in (nn.ReLU(), nn.Identity()):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), act, nn.Conv2d(8, 4, 1)).eval()
+        with torch.no_grad():
+            model[0].bias.fill_(-100.0)
+        calib = [(correlated(16, 8, 6), None)]
+        _, float_model = prepare_(model, Plan.uniform(3, None, first_last_8bit=False), calib)
+        stats = adaround_(model, float_model, calib, AdaRoundConfig(iters=20))
+        first = next(s for s in stats if s.name == "0")
+        errors[type(act).__name__] = (first.error_before, first.error_after)
+    assert errors["ReLU"] == (0.0, 0.0)
+    assert errors["Identity"][0] > 0.0

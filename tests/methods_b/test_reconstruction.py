@@ -43,6 +43,11 @@ def test_units_of_torchvision_and_timm_blocks():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), BasicBlock(8, 8), nn.Flatten(2))
     prepare_(model, Plan.uniform(4, 4), [(torch.randn(2, 3, 4, 4), torch.zeros(2))])
     assert reconstruction_units(model) == ["0", "1"]
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    mbv2 = nn.Sequential(nn.Conv2d(3, 8, 1), InvertedResidual(8, 8, 1, 6)).eval()
+    prepare_(mbv2, Plan.uniform(4, 4), [(torch.randn(2, 3, 4, 4), torch.zeros(2))])
+    assert reconstruction_units(mbv2) == ["0", "1"]
     vit = nn.Sequential(Block(16, 2), Block(16, 2)).eval()
     prepare_(vit, Plan.uniform(4, 4), [(torch.randn(2, 5, 16), torch.zeros(2))])
     assert reconstruction_units(vit) == ["0", "1"]
