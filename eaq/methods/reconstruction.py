@@ -68,6 +68,8 @@ __all__ = [
     "BLOCK_TYPES",
     "ReconActQuantizer",
     "ReconstructionConfig",
+    "keep_mask",
+    "lsq_fake_quantize",
     "reconstruct_",
     "reconstruct_unit_",
     "reconstruction_units",
@@ -160,12 +162,10 @@ class ReconActQuantizer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.scale.clamp(min=1e-8)
-        q = torch.clamp(_round_ste(x / s) + self.zero_point, self.qmin, self.qmax)
-        out = (q - self.zero_point) * s
+        keep = None
         if self.drop_prob > 0:
-            keep = _rand_like(x, self.generator) < self.drop_prob
-            out = torch.where(keep, x, out)
-        return out
+            keep = keep_mask(x, self.drop_prob, self.generator)
+        return lsq_fake_quantize(x, s, self.zero_point, self.qmin, self.qmax, keep)
 
     @torch.no_grad()
     def write_back(self) -> Quantizer:
@@ -179,6 +179,64 @@ def _rand_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     if generator is None or x.device.type != "cpu":
         return torch.rand_like(x)
     return torch.rand(x.shape, generator=generator, dtype=x.dtype)
+
+
+def keep_mask(x: Tensor, prob: float, generator: torch.Generator | None) -> Tensor:
+    """A float mask like ``x``: 1 where ``uniform < prob`` (kept in float), else 0.
+
+    ``ceil(prob - u)`` is 1 exactly where ``u < prob`` for ``u`` in [0, 1): the same draw as
+    a comparison, in two in-place passes instead of a boolean tensor and ``torch.where``.
+    """
+    return _rand_like(x, generator).neg_().add_(prob).ceil_()
+
+
+class _LsqFakeQuantize(torch.autograd.Function):
+    """LSQ fake quantization with QDrop's pass-through mask, forward and backward fused.
+
+    ``out = keep * x + (1 - keep) * s * clamp(round(x / s), qmin - z, qmax - z)``; gradients as
+    autograd gives them for the straight-through round: to ``x`` where kept or inside the range,
+    to ``s`` (where not kept) ``clamp(...) - x / s`` inside the range and ``clamp(...)`` outside.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, keep):
+        t = x / scale
+        r = torch.round(t)
+        qz = torch.clamp(r, qmin - zero_point, qmax - zero_point)
+        inside = qz == r
+        out = qz * scale
+        if keep is not None:
+            out.sub_(x).mul_(1.0 - keep).add_(x)
+        ctx.save_for_backward(t, qz, inside, keep)
+        ctx.scale_shape = scale.shape
+        ctx.scale_grad = scale.requires_grad
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, qz, inside, keep = ctx.saved_tensors
+        quantized = inside if keep is None else inside.logical_or(keep.bool())
+        grad_x = grad * quantized
+        grad_s = None
+        if ctx.scale_grad:
+            factor = qz.sub_(t.mul_(inside))
+            if keep is not None:
+                factor.mul_(1.0 - keep)
+            grad_s = factor.mul_(grad).sum_to_size(ctx.scale_shape)
+        return grad_x, grad_s, None, None, None, None
+
+
+def lsq_fake_quantize(
+    x: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    qmin: int,
+    qmax: int,
+    keep: Tensor | None = None,
+) -> Tensor:
+    """Fake-quantize ``x`` with a learnable step size (LSQ); elements where the float mask
+    ``keep`` is 1 pass through unquantized (QDrop). One fused autograd node."""
+    return _LsqFakeQuantize.apply(x, scale, zero_point, float(qmin), float(qmax), keep)
 
 
 def _act_quantizers(unit: nn.Module) -> list[tuple[str, Quantizer]]:
@@ -264,7 +322,7 @@ def reconstruct_unit_(
 
             def make_input(idx: Tensor, g: torch.Generator) -> Tensor:
                 xq, xf = inputs[idx], float_inputs[idx]
-                return torch.where(_rand_like(xq, g) < drop, xf, xq)
+                return xf.sub_(xq).mul_(keep_mask(xq, drop, g)).add_(xq)  # xf where kept
 
         extra = []
         if config.learn_act_scale and wrapped:

@@ -12,6 +12,8 @@ from eaq.methods.adaround import AdaRoundConfig, AdaRoundWeight, prepare_
 from eaq.methods.reconstruction import (
     ReconActQuantizer,
     ReconstructionConfig,
+    keep_mask,
+    lsq_fake_quantize,
     reconstruct_,
     reconstruction_units,
 )
@@ -67,6 +69,51 @@ def test_act_wrapper_matches_quantizer_when_nothing_is_learned_or_dropped():
         w.scale.mul_(1.5)
     assert w.write_back() is q
     assert torch.equal(q.scale, w.scale.detach())
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("zero_point", [0.0, -2.0, 3.0])
+def test_fused_lsq_matches_pytorchs_learnable_fake_quantize(per_channel, drop, zero_point):
+    """Against ``torch._fake_quantize_learnable_per_channel_affine`` (PyTorch's LSQ, grad
+    factor 1), with QDrop's mask applied to both: outputs and gradients to x and scale."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, 5, 5, generator=g) * 3 + 1
+    scale = torch.tensor([0.5, 0.9, 1.2, 0.7]) if per_channel else torch.full((4,), 0.87)
+    zp = torch.full((4,), zero_point)
+    keep = keep_mask(x, 0.5, torch.Generator().manual_seed(1)) if drop else None
+    weights = torch.linspace(-1, 2, x.numel()).reshape(x.shape)
+    results = []
+    for ours in (True, False):
+        xi = x.clone().requires_grad_(True)
+        if per_channel:
+            s = scale.clone().requires_grad_(True)
+            s_used = s
+        else:
+            s = scale[:1].clone().requires_grad_(True)
+            s_used = s.expand(4)
+        if ours:
+            out = lsq_fake_quantize(
+                xi, s_used.reshape(1, 4, 1, 1), zp.reshape(1, 4, 1, 1), -8, 7, keep
+            )
+        else:
+            out = torch._fake_quantize_learnable_per_channel_affine(xi, s_used, zp, 1, -8, 7, 1.0)
+            if keep is not None:
+                out = keep * xi + (1 - keep) * out
+        (out * weights).sum().backward()
+        results.append((out.detach(), xi.grad, s.grad))
+    (o1, gx1, gs1), (o2, gx2, gs2) = results
+    torch.testing.assert_close(o1, o2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx1, gx2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gs1, gs2, rtol=1e-5, atol=1e-4)
+    assert bool((gs1 != 0).all())
+
+
+def test_keep_mask_is_the_comparison_with_the_same_draw():
+    x = torch.empty(1000)
+    mask = keep_mask(x, 0.3, torch.Generator().manual_seed(5))
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(mask, (u < 0.3).float())
 
 
 def _block_model():
