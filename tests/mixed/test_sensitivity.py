@@ -105,6 +105,45 @@ def test_kl_measure_and_round_trip():
         back.column((6, 6))
 
 
+def _tiny_vit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(
+        img_size=8, patch_size=4, num_classes=5, embed_dim=16, depth=1, num_heads=2
+    ).eval()
+
+
+@pytest.mark.parametrize("build", [_tiny, _tiny_vit])
+def test_kl_equals_whole_model_calibration_per_layer(build):
+    """The KL measure calibrates the one quantized layer on its cached float inputs; the
+    reference calibrates the whole single-layer-quantized model, as a plain PTQ run would."""
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from eaq.mixed.sensitivity import _explicit_copy
+
+    model, calib = build(), _calib(2)
+    cands = [(4, 4), (8, 8)]
+    s = layer_sensitivity(model, calib, cands, measure="kl")
+    work = _explicit_copy(model)
+    ref_logp = [F.log_softmax(work(x).double(), dim=1) for x, _ in calib]
+    n = sum(x.shape[0] for x, _ in calib)
+    for i, name in enumerate(s.names):
+        for j, (w, a) in enumerate(cands):
+            single = copy.deepcopy(model)
+            cfg = replace(LayerConfig(), w_bits=w, a_bits=a)
+            quantize_(single, Plan(default=None, rules=((name, cfg),), first_last_8bit=False))
+            calibrate_(single, calib)
+            with torch.no_grad():
+                kl = sum(
+                    float((lp.exp() * (lp - F.log_softmax(single(x).double(), 1))).sum())
+                    for (x, _), lp in zip(calib, ref_logp, strict=True)
+                )
+            assert s.values[i, j] == pytest.approx(kl / n, rel=1e-9, abs=1e-12), (name, w)
+
+
 def test_bad_measure_and_empty_candidates():
     with pytest.raises(EaqError, match="measure"):
         layer_sensitivity(_tiny(), _calib(), [(4, 4)], measure="hessian")
