@@ -12,7 +12,7 @@ import eaq.methods.folding  # noqa: F401  (registers bnfold)
 import eaq.methods.gptq  # noqa: F401  (registers gptq)
 import eaq.methods.ranking  # noqa: F401  (registers ranking)
 import eaq.methods.reconstruction  # noqa: F401  (registers brecq, qdrop)
-import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant)
+import eaq.methods.smoothquant  # noqa: F401  (registers smoothquant, repq)
 from eaq.methods.registry import (
     Method,
     check_method_applies,

@@ -12,6 +12,11 @@ Which Linears are smoothed (the rule, :func:`find_norm_linear_pairs`): in every 
 timm ``Block``'s structure, ``norm1`` (a LayerNorm) feeding ``attn.qkv`` and ``norm2`` feeding
 ``mlp.fc1``. Other Linears (``attn.proj``, ``mlp.fc2``, the head) have no foldable producer and
 are left alone.
+
+The same pairs carry RepQ-ViT's post-LayerNorm reparameterization
+(:func:`reparameterize_post_layernorm_`, method ``repq``): each channel of the LayerNorm output
+is shifted and scaled onto one common range, the Linear taking the inverse, so that one
+per-tensor activation scale does what per-channel scales would.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from eaq.nn import QuantSummary
 from eaq.nn.hooks import hooks_on
 from eaq.plan import Plan
 
-__all__ = ["find_norm_linear_pairs", "input_channel_absmax", "smooth_"]
+__all__ = [
+    "find_norm_linear_pairs",
+    "input_channel_absmax",
+    "input_channel_range",
+    "reparameterize_post_layernorm_",
+    "smooth_",
+]
 
 _PAIRS = (("norm1", "attn.qkv"), ("norm2", "mlp.fc1"))
 
@@ -126,3 +137,90 @@ def smoothquant(
     fold_batchnorm_(model)
     smooth_(model, calib, alpha=alpha)
     return get_method("ptq").fn(model, plan, calib)
+
+
+@torch.no_grad()
+def input_channel_range(
+    model: nn.Module, names: list[str], calib: Batches
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``(min_j, max_j)`` per input channel of each named Linear over ``calib`` (one pass)."""
+    ranges: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook_for(name: str):
+        def hook(_m, inp):
+            x = inp[0].detach()
+            x = x.reshape(-1, x.shape[-1]).float()
+            lo, hi = x.amin(0), x.amax(0)
+            if name in ranges:
+                lo, hi = torch.minimum(ranges[name][0], lo), torch.maximum(ranges[name][1], hi)
+            ranges[name] = (lo, hi)
+
+        return hook
+
+    model.eval()
+    with hooks_on([(model.get_submodule(n), hook_for(n)) for n in names], pre=True):
+        for images, _ in calib:
+            model(images)
+    return ranges
+
+
+@torch.no_grad()
+def reparameterize_post_layernorm_(model: nn.Module, calib: Batches) -> dict[str, Tensor]:
+    """RepQ-ViT's post-LayerNorm reparameterization, in place on a float model.
+
+    A LayerNorm's output has channels with very different ranges, which one per-tensor scale
+    cannot serve at 4 bits; per-channel activation scales can, but integer kernels want one.
+    For each LayerNorm -> Linear pair, channel ``j`` of the LayerNorm output, with calibration
+    range ``[lo_j, hi_j]``, centre ``c_j`` and half-width ``h_j``, becomes
+    ``x'_j = (x_j - c_j) / r_j`` with ``r_j = h_j / mean(h)``: every channel then spans the
+    same range ``[-mean(h), mean(h)]``, so a per-tensor quantizer of ``x'`` has the grid of a
+    per-channel quantizer of ``x``. The LayerNorm's weight and bias absorb the map
+    (``gamma / r``, ``(beta - c) / r``) and the Linear its inverse (columns times ``r``, bias
+    plus ``W c``), so the float function is unchanged (Li et al., "RepQ-ViT: Scale
+    Reparameterization for Post-Training Quantization of Vision Transformers", ICCV 2023,
+    Sec. 4.1).
+
+    Returns:
+        ``r`` by Linear name.
+    """
+    pairs = find_norm_linear_pairs(model)
+    ranges = input_channel_range(model, [lin for _, lin in pairs], calib)
+    factors = {}
+    for norm_name, linear_name in pairs:
+        norm = model.get_submodule(norm_name)
+        linear = model.get_submodule(linear_name)
+        lo, hi = ranges[linear_name]
+        centre = (hi + lo) / 2
+        half = ((hi - lo) / 2).clamp(min=1e-6)
+        r = half / half.mean()
+        dtype = linear.weight.dtype
+        if linear.bias is None:
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=dtype))
+        linear.bias.add_(linear.weight @ centre.to(dtype))
+        linear.weight.mul_(r.to(dtype)[None, :])
+        norm.weight.div_(r.to(norm.weight.dtype))
+        if norm.bias is None:
+            norm.bias = nn.Parameter(torch.zeros_like(norm.weight))
+        norm.bias.sub_(centre.to(norm.bias.dtype)).div_(r.to(norm.bias.dtype))
+        factors[linear_name] = r
+    return factors
+
+
+def _check_repq(*, then: str) -> None:
+    if then in ("repq", "smoothquant"):
+        raise EaqError(f"then must name a method that does not rescale LayerNorms, got {then!r}")
+    get_method(then)
+
+
+@register_method(
+    "repq",
+    "RepQ-ViT's post-LayerNorm reparameterization (Li et al. 2023), then a method",
+    check=_check_repq,
+    needs=("activations",),
+    check_model=_check_model,
+)
+def repq(model: nn.Module, plan: Plan, calib: Batches, *, then: str = "ptq") -> QuantSummary:
+    """Reparameterize every LayerNorm -> Linear pair, then quantize with method ``then``."""
+    _check_model(model)
+    reparameterize_post_layernorm_(model, calib)
+    return get_method(then).fn(model, plan, calib)

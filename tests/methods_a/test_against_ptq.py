@@ -143,6 +143,13 @@ CASES: dict[str, Case] = {
         _output_mse,
         0.6,
     ),
+    "repq": Case(
+        lambda: _vit(outliers=True),
+        _images,
+        Plan.uniform(8, 4),  # 4-bit activations, where per-channel LayerNorm ranges matter
+        _output_mse,
+        0.6,
+    ),
     "ranking": Case(
         _vit,
         _images,
@@ -193,6 +200,7 @@ def test_the_check_fails_for_plain_ptq_under_the_method_name(name, monkeypatch):
     [
         ("smoothquant", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear"),
         ("smoothquant", _vit, Plan.uniform(8, None), "quantizes none"),
+        ("repq", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear"),
         ("cle", _vit, Plan.uniform(4, 8), "no pair of convolutions"),
         ("bnfold", lambda: _cnn(bn=False), Plan.uniform(8, 8), "no convolution followed"),
         ("gptq", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset"),
@@ -204,7 +212,8 @@ def test_the_check_fails_for_plain_ptq_under_the_method_name(name, monkeypatch):
 def test_a_method_where_it_cannot_apply_is_an_error(name, build, plan, match):
     model = build()
     before = copy.deepcopy(model.state_dict())
+    calib = _images() if name in ("smoothquant", "repq") else _features()
     with pytest.raises(EaqError, match=match):
-        quantize_model_(model, plan, _features() if name != "smoothquant" else _images(), name)
+        quantize_model_(model, plan, calib, name)
     for key, value in model.state_dict().items():  # refused before touching the model
         assert torch.equal(value, before[key]), key

@@ -2,11 +2,19 @@
 
 import copy
 
+import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from eaq.errors import EaqError
 from eaq.methods import quantize_model_
-from eaq.methods.smoothquant import find_norm_linear_pairs, input_channel_absmax, smooth_
+from eaq.methods.smoothquant import (
+    find_norm_linear_pairs,
+    input_channel_absmax,
+    input_channel_range,
+    reparameterize_post_layernorm_,
+    smooth_,
+)
 from eaq.plan import Plan
 
 
@@ -54,3 +62,29 @@ def test_method_runs():
     summary = quantize_model_(model, Plan.uniform(8, 8), _calib(1), method="smoothquant")
     assert summary.n_quantized > 0
     assert torch.isfinite(model(_calib(1)[0][0])).all()
+
+
+def test_post_layernorm_reparameterization_keeps_the_function_and_aligns_channels():
+    model = _vit()
+    ref = copy.deepcopy(model)
+    calib = _calib()
+    linears = [lin for _, lin in find_norm_linear_pairs(model)]
+    before = input_channel_range(model, linears, calib)
+    factors = reparameterize_post_layernorm_(model, calib)
+    after = input_channel_range(model, linears, calib)
+    x = calib[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), atol=1e-4, rtol=1e-4)
+    for name in linears:
+        lo, hi = before[name]
+        assert float((hi - lo).max() / (hi - lo).min()) > 5  # badly spread before
+        lo, hi = after[name]
+        half = (hi - lo) / 2
+        torch.testing.assert_close(half, half.mean().expand_as(half), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close((hi + lo) / 2, torch.zeros_like(lo), rtol=0, atol=1e-4)
+        assert factors[name].shape == lo.shape
+
+
+def test_repq_then_options_are_checked():
+    with pytest.raises(EaqError, match="then"):
+        quantize_model_(_vit(), Plan.uniform(8, 8), _calib(1), "repq", {"then": "smoothquant"})
