@@ -5,7 +5,7 @@ VENV := .venv/bin
 # The real data lives beside the project (../shared/data); override with EAQ_DATA_ROOT=...
 export EAQ_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: setup run run-3seeds demo test lint tables bench bench-deploy bench-scale bench-overhead peers
+.PHONY: setup run run-3seeds demo test lint tables bench bench-lsq bench-deploy bench-scale bench-overhead peers
 
 setup:
 	@scripts/bootstrap
@@ -43,6 +43,11 @@ tables: setup
 
 bench: setup
 	$(VENV)/python benchmarks/throughput.py
+
+# QDrop's activation fake quantization, forward + backward: plain autograd ops, PyTorch's
+# learnable fake quantize, eaq's (ratios in the same run)
+bench-lsq: setup
+	$(VENV)/python benchmarks/lsq_step.py
 
 # FP32 eager vs FP32 / integer onnxruntime (throughput, latency, sizes, modelled energy)
 bench-deploy: setup

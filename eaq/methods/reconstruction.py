@@ -190,42 +190,6 @@ def keep_mask(x: Tensor, prob: float, generator: torch.Generator | None) -> Tens
     return _rand_like(x, generator).neg_().add_(prob).ceil_()
 
 
-class _LsqFakeQuantize(torch.autograd.Function):
-    """LSQ fake quantization with QDrop's pass-through mask, forward and backward fused.
-
-    ``out = keep * x + (1 - keep) * s * clamp(round(x / s), qmin - z, qmax - z)``; gradients as
-    autograd gives them for the straight-through round: to ``x`` where kept or inside the range,
-    to ``s`` (where not kept) ``clamp(...) - x / s`` inside the range and ``clamp(...)`` outside.
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax, keep):
-        t = x / scale
-        r = torch.round(t)
-        qz = torch.clamp(r, qmin - zero_point, qmax - zero_point)
-        inside = qz == r
-        out = qz * scale
-        if keep is not None:
-            out.sub_(x).mul_(1.0 - keep).add_(x)
-        ctx.save_for_backward(t, qz, inside, keep)
-        ctx.scale_shape = scale.shape
-        ctx.scale_grad = scale.requires_grad
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        t, qz, inside, keep = ctx.saved_tensors
-        quantized = inside if keep is None else inside.logical_or(keep.bool())
-        grad_x = grad * quantized
-        grad_s = None
-        if ctx.scale_grad:
-            factor = qz.sub_(t.mul_(inside))
-            if keep is not None:
-                factor.mul_(1.0 - keep)
-            grad_s = factor.mul_(grad).sum_to_size(ctx.scale_shape)
-        return grad_x, grad_s, None, None, None, None
-
-
 def lsq_fake_quantize(
     x: Tensor,
     scale: Tensor,
@@ -235,8 +199,26 @@ def lsq_fake_quantize(
     keep: Tensor | None = None,
 ) -> Tensor:
     """Fake-quantize ``x`` with a learnable step size (LSQ); elements where the float mask
-    ``keep`` is 1 pass through unquantized (QDrop). One fused autograd node."""
-    return _LsqFakeQuantize.apply(x, scale, zero_point, float(qmin), float(qmax), keep)
+    ``keep`` is 1 pass through unquantized (QDrop).
+
+    ``scale`` and ``zero_point`` hold one value, or one per index of a single axis of ``x``
+    (shaped to broadcast against it). The quantization is PyTorch's fused learnable fake
+    quantize (``torch._fake_quantize_learnable_per_channel_affine``, gradient factor 1: to
+    ``x`` straight through inside the range, to ``scale`` ``round(x/s) - x/s`` inside and the
+    clamped code outside), on the last axis for a single value.
+    """
+    axes = [d for d, n in enumerate(scale.shape) if n > 1]
+    if len(axes) > 1:
+        raise EaqError(f"lsq_fake_quantize takes scales along one axis, got {tuple(scale.shape)}")
+    if axes:
+        axis = axes[0] + x.dim() - scale.dim()
+        s, z = scale.reshape(-1), zero_point.reshape(-1).float()
+    else:
+        axis = x.dim() - 1
+        s = scale.reshape(1).expand(x.shape[axis])
+        z = zero_point.reshape(1).float().expand(x.shape[axis])
+    out = torch._fake_quantize_learnable_per_channel_affine(x, s, z, axis, qmin, qmax, 1.0)
+    return out if keep is None else x + (out - x) * (1.0 - keep)
 
 
 def _act_quantizers(unit: nn.Module) -> list[tuple[str, Quantizer]]:

@@ -74,39 +74,35 @@ def test_act_wrapper_matches_quantizer_when_nothing_is_learned_or_dropped():
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("drop", [False, True])
 @pytest.mark.parametrize("zero_point", [0.0, -2.0, 3.0])
-def test_fused_lsq_matches_pytorchs_learnable_fake_quantize(per_channel, drop, zero_point):
-    """Against ``torch._fake_quantize_learnable_per_channel_affine`` (PyTorch's LSQ, grad
-    factor 1), with QDrop's mask applied to both: outputs and gradients to x and scale."""
+def test_lsq_fake_quantize_follows_lsq_and_qdrop(per_channel, drop, zero_point):
+    """Output and gradients against LSQ's definition written out: codes ``round(x/s) + z``
+    clamped to [qmin, qmax]; the gradient to x passes where the code is inside the range (or
+    the element is kept in float), the gradient to s is ``round(x/s) - x/s`` inside and
+    ``code - z`` outside, summed over what s covers, zero where kept."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 4, 5, 5, generator=g) * 3 + 1
-    scale = torch.tensor([0.5, 0.9, 1.2, 0.7]) if per_channel else torch.full((4,), 0.87)
-    zp = torch.full((4,), zero_point)
-    keep = keep_mask(x, 0.5, torch.Generator().manual_seed(1)) if drop else None
+    x = (torch.randn(6, 4, 5, 5, generator=g) * 3 + 1).requires_grad_(True)
+    shape = (1, 4, 1, 1) if per_channel else ()
+    values = torch.tensor([0.5, 0.9, 1.2, 0.7]) if per_channel else torch.tensor(0.87)
+    s = values.reshape(shape).clone().requires_grad_(True)
+    z = torch.full(shape, zero_point)
+    keep = keep_mask(x, 0.5, torch.Generator().manual_seed(1)) if drop else torch.zeros_like(x)
     weights = torch.linspace(-1, 2, x.numel()).reshape(x.shape)
-    results = []
-    for ours in (True, False):
-        xi = x.clone().requires_grad_(True)
-        if per_channel:
-            s = scale.clone().requires_grad_(True)
-            s_used = s
-        else:
-            s = scale[:1].clone().requires_grad_(True)
-            s_used = s.expand(4)
-        if ours:
-            out = lsq_fake_quantize(
-                xi, s_used.reshape(1, 4, 1, 1), zp.reshape(1, 4, 1, 1), -8, 7, keep
-            )
-        else:
-            out = torch._fake_quantize_learnable_per_channel_affine(xi, s_used, zp, 1, -8, 7, 1.0)
-            if keep is not None:
-                out = keep * xi + (1 - keep) * out
-        (out * weights).sum().backward()
-        results.append((out.detach(), xi.grad, s.grad))
-    (o1, gx1, gs1), (o2, gx2, gs2) = results
-    torch.testing.assert_close(o1, o2, rtol=0, atol=1e-6)
-    torch.testing.assert_close(gx1, gx2, rtol=0, atol=1e-6)
-    torch.testing.assert_close(gs1, gs2, rtol=1e-5, atol=1e-4)
-    assert bool((gs1 != 0).all())
+    out = lsq_fake_quantize(x, s, z, -8, 7, keep if drop else None)
+    (out * weights).sum().backward()
+    with torch.no_grad():
+        t = x / s
+        code = t.round() + z
+        inside = (code >= -8) & (code <= 7)
+        clamped = code.clamp(-8, 7)
+        want = keep * x + (1 - keep) * (clamped - z) * s
+        want_gx = weights * torch.where(keep.bool() | inside, 1.0, 0.0)
+        per_elem = weights * (1 - keep) * torch.where(inside, t.round() - t, clamped - z)
+        want_gs = per_elem.sum((0, 2, 3)).reshape(shape) if per_channel else per_elem.sum()
+    torch.testing.assert_close(out.detach(), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x.grad, want_gx, rtol=0, atol=0)
+    torch.testing.assert_close(s.grad, want_gs, rtol=1e-4, atol=1e-3)
+    assert bool((s.grad != 0).all())
+    assert bool(((x.grad == 0) & (weights != 0)).any())  # some elements clipped
 
 
 def test_keep_mask_is_the_comparison_with_the_same_draw():
