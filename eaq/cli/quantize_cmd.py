@@ -25,13 +25,15 @@ from eaq.cli.export_cmd import (
 )
 from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.deploy import ModelSpec, save_quantized
-from eaq.errors import EaqError
+from eaq.errors import EaqError, choices_hint
 from eaq.evaluate import channels_last_, evaluate
-from eaq.methods import get_method
+from eaq.methods import check_method_options, get_method
+from eaq.methods.presets import PRESETS, model_family, preset_for
 from eaq.models import create_model, weights_file
 from eaq.nn import check_plan
 from eaq.paths import resolve_data_root
 from eaq.pipeline import onnx_accuracy, quantize_and_evaluate
+from eaq.plan import LAYER_OPTIONS
 from eaq.provenance import provenance, sha256
 from eaq.table import format_table
 
@@ -58,6 +60,14 @@ def add_parser(sub) -> None:
         metavar="KEY=VALUE",
         help="an option of the method, e.g. iters=500 (repeatable; `eaq methods` lists them)",
     )
+    g.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="'best': eaq's best measured recipe for the model's family (ViT, depthwise CNN, "
+        "CNN): it sets the method, its options and the observers/attention quantizers, and "
+        "prints them; the widths stay yours (docs/methods.md)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     d = p.add_argument_group("deployment")
     d.add_argument(
@@ -81,10 +91,36 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _apply_preset(args: argparse.Namespace, model) -> tuple:
+    """Set ``args``' method and quantizer settings from ``--preset``; the plan and method
+    options they give. Settings the user also gave are an error, not silently replaced."""
+    preset = preset_for(args.preset, model)
+    if args.plan is not None:
+        raise EaqError("--preset sets the settings of a uniform plan; drop --plan or --preset")
+    clash = [f"--method {args.method}"] if args.method != "ptq" else []
+    clash += [f"--method-option {o}" for o in args.method_option or []]
+    for opt in LAYER_OPTIONS:
+        value = getattr(args, opt.name)
+        if opt.name in preset.layer_options and value != opt.default:
+            clash.append(f"{opt.flag} {value}")
+    if clash:
+        raise EaqError(
+            f"--preset {args.preset} sets the method and quantizer settings itself; "
+            f"drop {', '.join(clash)}"
+        )
+    for key, value in preset.layer_options.items():
+        setattr(args, key, value)
+    args.method = preset.method
+    log(f"preset {args.preset} ({model_family(model)}): {preset.describe()}")
+    return plan_from_args(args), check_method_options(preset.method, preset.method_options)
+
+
 def run(args: argparse.Namespace) -> int:
     info, dataset = model_and_dataset(args)
     plan = plan_from_args(args)
     get_method(args.method)
+    if args.preset is not None and args.preset not in PRESETS:
+        raise EaqError(f"unknown preset {args.preset!r}; {choices_hint(list(PRESETS))}")
     method_options = parse_method_options(args.method, args.method_option)
     check_positive("--limit", args.limit)
     check_positive("--batch-size", args.batch_size)
@@ -102,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(
         args.model, num_classes=args.num_classes, weights=args.weights, data_root=root
     )
+    if args.preset is not None:
+        plan, method_options = _apply_preset(args, model)
     channels_last_(model)
     test = load_dataset(dataset, "test", root, download=args.download)
     train = load_dataset(dataset, "train", root, download=args.download)
@@ -148,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         "plan": plan.to_dict(),
         "method": args.method,
         "method_options": method_options,
+        "preset": args.preset,
         "calib_seconds": calib_seconds,
         "n_quantized_layers": summary.n_quantized,
         "n_layers": summary.n_layers,

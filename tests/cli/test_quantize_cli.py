@@ -78,9 +78,18 @@ ERRORS = [
     (["--model", "resnet20_cifar", "--weights", "/nonexistent/w.th"], "/nonexistent/w.th"),
     (
         ["--model", "resnet20_cifar", "--method", "adaround", "--method-option", "iter=5"],
-        "'adaround' has no option.*iter; valid: iters, reg_weight, seed",
+        "'adaround' has no option.*iter; valid: iters, lr, batch_size, reg_weight, warmup, seed",
     ),
     (["--model", "resnet20_cifar", "--method-option", "iters"], "KEY=VALUE"),
+    (["--model", "resnet20_cifar", "--preset", "fastest"], "unknown preset 'fastest'.*best"),
+    (
+        ["--model", "resnet20_cifar", "--preset", "best", "--observer", "kl"],
+        "--preset best sets the method and quantizer settings itself; drop --observer kl",
+    ),
+    (
+        ["--model", "resnet20_cifar", "--preset", "best", "--method", "gptq"],
+        "drop --method gptq",
+    ),
     (
         ["--model", "resnet20_cifar", "--method", "brecq", "--method-option", "iters=many"],
         "option 'iters' must be like its default 500, got 'many'",
@@ -191,3 +200,31 @@ def test_method_options_and_calibration_time_in_json(capsys, data_root):
     assert r["method_options"] == {"percdamp": 0.05, "block_columns": 16}
     assert r["calib_seconds"] > 0
     assert "gptq: quantized and calibrated in" in err
+
+
+def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_root):
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "deit_tiny_cifar",
+        "--data-root",
+        str(data_root),
+        "--w-bits",
+        "4",
+        "--a-bits",
+        "4",
+        "--limit",
+        "32",
+        "--calib-size",
+        "16",
+        "--preset",
+        "best",
+        "--json",
+    )
+    assert code == 0, err
+    assert "preset best (vit): --observer mse" in err
+    r = json.loads(out)
+    assert (r["preset"], r["method"], r["observer"]) == ("best", "repq", "mse")
+    layer = r["plan"]["default"]
+    assert (layer["softmax_quantizer"], layer["gelu_quantizer"]) == ("log2", "twin")

@@ -1,0 +1,87 @@
+"""Presets: one name for eaq's best measured recipe, chosen by the model's structure.
+
+A preset fixes what a user would otherwise have to know from the literature: the PTQ method,
+its options and the quantizer settings of the plan (observers, the attention-probability and
+post-GELU quantizers). The widths stay the user's. ``eaq quantize --preset best`` prints the
+settings it chose, and the result records them like any other settings.
+
+Families (:func:`model_family`):
+
+``vit``
+    the model has LayerNorm -> Linear pairs (timm ViT blocks);
+``depthwise``
+    a CNN with depthwise convolutions (MobileNet, EfficientNet);
+``cnn``
+    any other model.
+
+What each preset was measured to give is in ``docs/methods.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from eaq.errors import EaqError, choices_hint
+
+__all__ = ["PRESETS", "Preset", "model_family", "preset_for"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The settings of one preset for one model family.
+
+    Attributes:
+        method: the PTQ method.
+        method_options: its options.
+        layer_options: quantizer settings of the plan (:data:`eaq.plan.LAYER_OPTIONS` names).
+    """
+
+    method: str
+    method_options: dict = field(default_factory=dict)
+    layer_options: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The settings as the command-line options that would give them."""
+        parts = [f"--{k.replace('_', '-')} {v}" for k, v in self.layer_options.items()]
+        parts.append(f"--method {self.method}")
+        parts += [f"--method-option {k}={v}" for k, v in self.method_options.items()]
+        return " ".join(parts)
+
+
+_MSE = {"observer": "mse", "w_observer": "mse"}
+
+PRESETS: dict[str, dict[str, Preset]] = {
+    "best": {
+        # RepQ-ViT's LayerNorm reparameterization, MSE ranges, log2 attention probabilities and
+        # twin-uniform post-GELU inputs: deit_tiny_cifar W4A4 50.21 -> 55.95 for repq alone
+        "vit": Preset(
+            "repq",
+            {"then": "ptq"},
+            {**_MSE, "softmax_quantizer": "log2", "gelu_quantizer": "twin"},
+        ),
+        # cross-layer equalization first (depthwise layers' channel ranges), then QDrop
+        "depthwise": Preset("cle", {"then": "qdrop"}, dict(_MSE)),
+        "cnn": Preset("qdrop", {"iters": 500}, dict(_MSE)),
+    },
+}
+
+
+def model_family(model: nn.Module) -> str:
+    """``vit``, ``depthwise`` or ``cnn`` (see the module docstring)."""
+    from eaq.methods.smoothquant import find_norm_linear_pairs
+
+    if find_norm_linear_pairs(model):
+        return "vit"
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+            return "depthwise"
+    return "cnn"
+
+
+def preset_for(name: str, model: nn.Module) -> Preset:
+    """The settings of preset ``name`` for ``model``'s family."""
+    if name not in PRESETS:
+        raise EaqError(f"unknown preset {name!r}; {choices_hint(list(PRESETS))}")
+    return PRESETS[name][model_family(model)]

@@ -1,0 +1,35 @@
+"""Presets: the family each model falls in, and every preset's settings are valid."""
+
+from __future__ import annotations
+
+import pytest
+
+from eaq.errors import EaqError
+from eaq.methods import check_method_options, get_method
+from eaq.methods.presets import PRESETS, model_family, preset_for
+from eaq.models import create_model
+from eaq.plan import LAYER_OPTIONS, layer_config
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [("resnet20_cifar", "cnn"), ("mobilenetv2_cifar", "depthwise"), ("deit_tiny_cifar", "vit")],
+)
+def test_model_family(model, family):
+    assert model_family(create_model(model, weights="random")) == family
+
+
+def test_every_preset_names_valid_settings_for_every_family():
+    names = {o.name for o in LAYER_OPTIONS}
+    for presets in PRESETS.values():
+        assert set(presets) == {"vit", "depthwise", "cnn"}
+        for preset in presets.values():
+            get_method(preset.method)
+            check_method_options(preset.method, preset.method_options)
+            assert set(preset.layer_options) <= names
+            layer_config(4, 4, **preset.layer_options)  # values a plan accepts
+
+
+def test_unknown_preset():
+    with pytest.raises(EaqError, match="unknown preset 'x'"):
+        preset_for("x", create_model("resnet20_cifar", weights="random"))
