@@ -54,11 +54,11 @@ _MSE = {"observer": "mse", "w_observer": "mse"}
 
 PRESETS: dict[str, dict[str, Preset]] = {
     "best": {
-        # RepQ-ViT's LayerNorm reparameterization, MSE ranges, log2 attention probabilities and
-        # twin-uniform post-GELU inputs: deit_tiny_cifar W4A4 50.21 -> 55.95 for repq alone
+        # RepQ-ViT's LayerNorm reparameterization, then QDrop; MSE ranges, log2 attention
+        # probabilities and twin-uniform post-GELU inputs (docs/methods.md: the measured rows)
         "vit": Preset(
             "repq",
-            {"then": "ptq"},
+            {"then": "qdrop"},
             {**_MSE, "softmax_quantizer": "log2", "gelu_quantizer": "twin"},
         ),
         # cross-layer equalization first (depthwise layers' channel ranges), then QDrop

@@ -202,7 +202,13 @@ def test_method_options_and_calibration_time_in_json(capsys, data_root):
     assert "gptq: quantized and calibrated in" in err
 
 
-def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_root):
+def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_root, monkeypatch):
+    from dataclasses import replace
+
+    from eaq.methods.presets import PRESETS
+
+    vit = PRESETS["best"]["vit"]  # its method options, but PTQ after repq: seconds, not minutes
+    monkeypatch.setitem(PRESETS["best"], "vit", replace(vit, method_options={"then": "ptq"}))
     code, out, err = run_cli(
         capsys,
         "quantize",
@@ -226,5 +232,6 @@ def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_roo
     assert "preset best (vit): --observer mse" in err
     r = json.loads(out)
     assert (r["preset"], r["method"], r["observer"]) == ("best", "repq", "mse")
+    assert r["method_options"] == {"then": "ptq"}
     layer = r["plan"]["default"]
     assert (layer["softmax_quantizer"], layer["gelu_quantizer"]) == ("log2", "twin")
