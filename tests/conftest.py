@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data and weights live (``../shared/data`` or $EAQ_DATA_ROOT)."""
+"""Shared fixtures: where the real data and weights live (``../shared/data`` or $EAQ_DATA_ROOT);
+``one_thread`` for tests of small optimisation loops."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from eaq.paths import repo_root
 
@@ -38,3 +40,13 @@ def data_root() -> Path:
 def resnet20_path(data_root: Path) -> Path:
     """The pretrained CIFAR-10 ResNet-20 state-dict file; skips if absent."""
     return require_file(data_root, RESNET20_FILE)
+
+
+@pytest.fixture
+def one_thread():
+    """Run single-threaded: on a shared 2-core machine OpenMP spin-waiting makes tiny
+    optimisation loops many times slower with 2 threads. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,13 +25,7 @@ from eaq.quant import PerTensor
 from tests.methods_a.test_equalization import separable
 from tests.methods_b.helpers import correlated
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> float:

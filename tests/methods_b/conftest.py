@@ -1,16 +1,10 @@
-"""Fixtures for the reconstruction-method tests."""
+"""Every reconstruction-method test runs single-threaded (``one_thread``, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Run single-threaded: on a shared 2-core machine OpenMP spin-waiting makes these tiny
-    optimisation loops many times slower with 2 threads. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):
     yield
-    torch.set_num_threads(n)

@@ -13,12 +13,7 @@ from eaq.quant import Log2Quantizer, NonUniformQuantizer, TwinUniformQuantizer
 PLAN = Plan.uniform(4, 4, softmax_quantizer="log2", gelu_quantizer="twin")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(method, options):

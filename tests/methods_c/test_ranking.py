@@ -23,13 +23,7 @@ from eaq.methods.ranking import (
 from eaq.nn import QuantLinear, calibrate_, quantize_
 from eaq.plan import LayerConfig, Plan
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vit() -> nn.Module:
