@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = _dataset(args.dataset or spec.dataset, args.artifact)
         name, mean, std, size = spec.name, spec.mean, spec.std, spec.input_size
         model, _ = load_quantized(args.artifact)
+        channels_last_(model)  # as `eaq quantize` evaluated it: the same kernels, the same logits
     else:
         from eaq.deploy import OnnxModel, read_model_metadata
 

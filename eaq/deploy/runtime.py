@@ -9,12 +9,15 @@ input normalisation it expects.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from eaq.errors import EaqError
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "eaq"
 ORT_HINT = "install it with `pip install onnxruntime` (eaq's set-up installs it)"
@@ -38,6 +41,25 @@ def require_onnx():
     return onnx
 
 
+def integer_kernels_exact() -> bool:
+    """False on an x86-64 CPU without VNNI (AVX2, or AVX-512 before VNNI).
+
+    There onnxruntime's u8 x s8 matrix kernels add products in pairs into 16 bits, which can
+    saturate, so its integer results may differ from eaq's by more than a rounding step. The
+    session option that selects its exact u8 x u8 kernels instead
+    (``session.x64quantprecision``) fails to load eaq's QDQ graphs in onnxruntime 1.32.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # cannot tell (not Linux): assume a current CPU
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def session(path: str | Path, *, threads: int | None = None):
     """An onnxruntime CPU session for ``path`` (graph optimizations on, but QDQ propagation)."""
     ort = require_onnxruntime()
@@ -48,6 +70,11 @@ def session(path: str | Path, *, threads: int | None = None):
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not integer_kernels_exact():
+        log.warning(
+            "this CPU has no VNNI: onnxruntime's 8-bit kernels can saturate here, so its "
+            "results may differ from eaq's by more than one quantization step"
+        )
     try:
         return ort.InferenceSession(
             str(path),
