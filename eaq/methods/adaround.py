@@ -50,7 +50,7 @@ from eaq.errors import EaqError
 from eaq.methods.folding import QuantLeafTracer, fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
-from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
+from eaq.nn.hooks import layer_calls
 from eaq.plan import Plan
 from eaq.quant import Quantizer
 
@@ -229,39 +229,17 @@ def bake_rounding_(layer: nn.Module, quantizer: Quantizer, ada: AdaRoundWeight) 
     layer.weight_quantizer = quantizer
 
 
-def _forward_until(model: nn.Module, module: nn.Module, x: Tensor, want_output: bool) -> tuple:
-    got: dict[str, Tensor] = {}
-
-    def pre(_m, args):
-        got["in"] = args[0].detach().clone()
-        if not want_output:
-            raise StopForward
-
-    def post(_m, _args, out):
-        got["out"] = out.detach().clone()
-        raise StopForward
-
-    post_hooks = [(module, post)] if want_output else []
-    with hooks_on([(module, pre)], pre=True), hooks_on(post_hooks):
-        forward_until_stopped(model, x)
-    if "in" not in got:
-        raise EaqError(f"the forward pass never reached {type(module).__name__}")
-    return got["in"], got.get("out")
-
-
 @torch.no_grad()
 def capture_inputs(model: nn.Module, name: str, calib: Batches) -> Tensor:
     """The input of submodule ``name`` over all calibration batches, concatenated."""
-    module = model.get_submodule(name)
-    return torch.cat([_forward_until(model, module, x, False)[0] for x, _ in calib])
+    return torch.cat([args[0] for args, _ in layer_calls(model, name, (x for x, _ in calib))])
 
 
 @torch.no_grad()
 def capture_io(model: nn.Module, name: str, calib: Batches) -> tuple[Tensor, Tensor]:
     """Input and output of submodule ``name`` over all calibration batches, concatenated."""
-    module = model.get_submodule(name)
-    pairs = [_forward_until(model, module, x, True) for x, _ in calib]
-    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    calls = layer_calls(model, name, (x for x, _ in calib), with_output=True)
+    return torch.cat([args[0] for args, _ in calls]), torch.cat([out for _, out in calls])
 
 
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU)

@@ -58,7 +58,7 @@ from torch import nn
 
 from eaq.errors import EaqError, choices_hint
 from eaq.nn import quantizable_layers, quantize_
-from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
+from eaq.nn.hooks import hooks_on, layer_calls
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer, calibration
 
@@ -343,31 +343,6 @@ def _bar(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, leave=False)
 
 
-@torch.no_grad()
-def _float_inputs(model: nn.Module, name: str, calib) -> list[tuple]:
-    """The positional inputs of layer ``name`` in ``model`` per calibration batch, every pass
-    stopped there. Only that layer may be quantized, so its inputs are the float model's:
-    calibrating it on them equals calibrating the whole model."""
-    layer = model.get_submodule(name)
-    got: list[tuple] = []
-
-    def hook(_m, args, kwargs):
-        if kwargs:
-            raise EaqError(f"layer {name} is called with keyword arguments; cannot replay it")
-        got.append(args)
-        raise StopForward
-
-    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for images, _ in calib:
-            forward_until_stopped(model, images)
-    finally:
-        handle.remove()
-    if len(got) != len(calib):
-        raise EaqError(f"the forward pass never reached layer {name}")
-    return got
-
-
 def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
     work = _explicit_copy(model)
     refs = quantizable_layers(work)
@@ -385,7 +360,10 @@ def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
         single = copy.deepcopy(model).eval()
         quantize_(single, Plan(default=None, rules=((ref.name, cfg),), first_last_8bit=False))
         if layer_inputs[0] != i:  # the layer's float inputs, shared by its candidates
-            layer_inputs = (i, _float_inputs(single, ref.name, calib))
+            # only this layer is quantized, so its inputs are the float model's: calibrating it
+            # on them equals calibrating the whole model
+            calls = layer_calls(single, ref.name, (images for images, _ in calib))
+            layer_inputs = (i, [args for args, _ in calls])
         layer = single.get_submodule(ref.name)
         with torch.no_grad(), calibration(layer):  # as calibrate_(single) would, one layer
             for args in layer_inputs[1]:
