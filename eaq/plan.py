@@ -295,6 +295,14 @@ class Plan:
         )
         return cls(default=cfg, first_last_8bit=first_last_8bit, quantize_outputs=quantize_outputs)
 
+    def configs(self) -> list[LayerConfig]:
+        """Every config the plan can give a layer: the default and each rule's (no ``None``)."""
+        return [c for c in (self.default, *(c for _, c in self.rules)) if c is not None]
+
+    def sets(self, width: str) -> bool:
+        """Whether some config sets ``width`` (``"w_bits"`` or ``"a_bits"``)."""
+        return any(getattr(c, width) is not None for c in self.configs())
+
     def lookup(self, name: str) -> LayerConfig | None:
         """The config the rules give ``name``, before the first/last policy."""
         for key, cfg in self.rules:

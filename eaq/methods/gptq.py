@@ -253,7 +253,7 @@ def gptq(
 ) -> QuantSummary:
     fold_batchnorm_(model)
     summary = quantize_(model, plan)
-    if act_order and any(isinstance(c.granularity, PerGroup) for c in _configs(plan)):
+    if act_order and any(isinstance(c.granularity, PerGroup) for c in plan.configs()):
         raise EaqError(
             "gptq: act_order does not combine with per-group weights; pass act_order=false"
         )
@@ -266,7 +266,3 @@ def gptq(
         act_order=act_order,
     )
     return summary
-
-
-def _configs(plan: Plan):
-    return [c for c in (plan.default, *(c for _, c in plan.rules)) if c is not None]

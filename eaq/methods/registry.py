@@ -123,22 +123,31 @@ def quantize_model_(
 ) -> QuantSummary:
     """Quantize ``model`` in place with ``plan`` and the named method; return the summary."""
     options = check_method_options(method, options)
-    check_method_applies(method, model, plan)
+    check_method_applies(method, model, plan, options)
     return get_method(method).fn(model, plan, calib, **options)
 
 
-def _plan_quantizes(plan: Plan, what: str) -> bool:
-    field = "w_bits" if what == "weights" else "a_bits"
-    configs = [plan.default, *(cfg for _, cfg in plan.rules)]
-    return any(cfg is not None and getattr(cfg, field) is not None for cfg in configs)
-
-
-def check_method_applies(name: str, model: nn.Module, plan: Plan) -> None:
+def check_method_applies(
+    name: str, model: nn.Module, plan: Plan, options: dict | None = None
+) -> None:
     """Raise :class:`EaqError` where method ``name`` has nothing to work on: ``plan``
     quantizes nothing it changes (GPTQ with every weight left in float, say) or ``model``
-    lacks what it needs (SmoothQuant on a CNN). Cheap: run it before any calibration."""
-    check_method_plan(name, plan)
-    check_method_model(name, model)
+    lacks what it needs (SmoothQuant on a CNN). A method that hands over to another (its
+    ``then`` option) is checked with that one too. Cheap: run it before any calibration."""
+    for method in method_chain(name, options):
+        check_method_plan(method, plan)
+        check_method_model(method, model)
+
+
+def method_chain(name: str, options: dict | None = None) -> list[str]:
+    """``name`` followed by the methods it hands over to through a ``then`` option:
+    ``["cle", "qdrop"]`` for cle with ``then="qdrop"``."""
+    chain = [name]
+    then = {**get_method(name).options, **(options or {})}.get("then")
+    while then is not None and then not in chain:
+        chain.append(then)
+        then = get_method(then).options.get("then")
+    return chain
 
 
 def check_method_model(name: str, model: nn.Module) -> None:
@@ -151,8 +160,8 @@ def check_method_model(name: str, model: nn.Module) -> None:
 def check_method_plan(name: str, plan: Plan) -> None:
     """Raise :class:`EaqError` if ``plan`` quantizes nothing that method ``name`` changes."""
     for what in get_method(name).needs:
-        if not _plan_quantizes(plan, what):
-            width = "w_bits" if what == "weights" else "a_bits"
+        width = "w_bits" if what == "weights" else "a_bits"
+        if not plan.sets(width):
             raise EaqError(
                 f"method {name!r} works on quantized {what} and this plan quantizes none "
                 f"({width} is unset everywhere); give {width} or use method 'ptq'"

@@ -23,7 +23,7 @@ from eaq.data import calibration_batches, eval_batches, load_dataset
 from eaq.energy import collect_stats, plan_energy
 from eaq.errors import EaqError
 from eaq.evaluate import EvalResult, channels_last_, evaluate
-from eaq.methods import check_method_model, check_method_plan
+from eaq.methods import check_method_model, check_method_plan, method_chain
 from eaq.mixed import (
     PlanScorer,
     Sensitivity,
@@ -127,16 +127,17 @@ def check_study(cfg: StudyConfig, model: _Model) -> None:
     )
     checked_models: set[str] = set()
     for entry in cfg.configs_for(model.entry.name):
-        method, _ = cfg.method_of(entry)
+        method, options = cfg.method_of(entry)
         try:
             plans = _plans(entry, model.layers, model.stats, cfg.profile, dummy, lambda plan: 0.0)
             for _, named in plans:
                 if named.strategy == "fp32":
                     continue
-                check_method_plan(method, named.plan)
-                if method not in checked_models:
-                    check_method_model(method, model.model)
-                    checked_models.add(method)
+                for step in method_chain(method, options):
+                    check_method_plan(step, named.plan)
+                    if step not in checked_models:
+                        check_method_model(step, model.model)
+                        checked_models.add(step)
         except EaqError as e:
             raise EaqError(f"model {model.entry.name}, config {entry.name!r}: {e}") from None
 

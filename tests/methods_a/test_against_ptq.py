@@ -190,24 +190,26 @@ def test_the_check_fails_for_plain_ptq_under_the_method_name(name, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("name", "build", "plan", "match"),
+    ("name", "build", "plan", "match", "options"),
     [
-        ("smoothquant", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear"),
-        ("smoothquant", _vit, Plan.uniform(8, None), "quantizes none"),
-        ("repq", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear"),
-        ("cle", _vit, Plan.uniform(4, 8), "no pair of convolutions"),
-        ("bnfold", lambda: _cnn(bn=False), Plan.uniform(8, 8), "no convolution followed"),
-        ("gptq", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset"),
-        ("adaround", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset"),
-        ("brecq", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset"),
-        ("qdrop", lambda: _cnn(), Plan.uniform(4, None), "a_bits is unset"),
+        ("smoothquant", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear", None),
+        ("smoothquant", _vit, Plan.uniform(8, None), "quantizes none", None),
+        ("repq", lambda: _cnn(), Plan.uniform(8, 8), "LayerNorm -> Linear", None),
+        ("cle", _vit, Plan.uniform(4, 8), "no pair of convolutions", None),
+        ("bnfold", lambda: _cnn(bn=False), Plan.uniform(8, 8), "no convolution followed", None),
+        ("gptq", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset", None),
+        ("adaround", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset", None),
+        ("brecq", lambda: _cnn(), Plan.uniform(None, 8), "w_bits is unset", None),
+        ("qdrop", lambda: _cnn(), Plan.uniform(4, None), "a_bits is unset", None),
+        ("cle", lambda: _cnn(), Plan.uniform(4, None), "'qdrop' works on", {"then": "qdrop"}),
+        ("repq", _vit, Plan.uniform(None, 8), "'gptq' works on", {"then": "gptq"}),
     ],
 )
-def test_a_method_where_it_cannot_apply_is_an_error(name, build, plan, match):
+def test_a_method_where_it_cannot_apply_is_an_error(name, build, plan, match, options):
     model = build()
     before = copy.deepcopy(model.state_dict())
     calib = _images() if name in ("smoothquant", "repq") else _features()
     with pytest.raises(EaqError, match=match):
-        quantize_model_(model, plan, calib, name)
+        quantize_model_(model, plan, calib, name, options)
     for key, value in model.state_dict().items():  # refused before touching the model
         assert torch.equal(value, before[key]), key
