@@ -64,15 +64,20 @@ def find_norm_linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def input_channel_absmax(model: nn.Module, names: list[str], calib: Batches) -> dict[str, Tensor]:
-    """``max|X_j|`` per input channel of each named Linear over ``calib`` (one pass)."""
-    maxima: dict[str, Tensor] = {}
+def input_channel_range(
+    model: nn.Module, names: list[str], calib: Batches
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """``(min_j, max_j)`` per input channel of each named Linear over ``calib`` (one pass)."""
+    ranges: dict[str, tuple[Tensor, Tensor]] = {}
 
     def hook_for(name: str):
         def hook(_m, inp):
             x = inp[0].detach()
-            m = x.reshape(-1, x.shape[-1]).abs().amax(0).float()
-            maxima[name] = m if name not in maxima else torch.maximum(maxima[name], m)
+            x = x.reshape(-1, x.shape[-1]).float()
+            lo, hi = x.amin(0), x.amax(0)
+            if name in ranges:
+                lo, hi = torch.minimum(ranges[name][0], lo), torch.maximum(ranges[name][1], hi)
+            ranges[name] = (lo, hi)
 
         return hook
 
@@ -80,7 +85,14 @@ def input_channel_absmax(model: nn.Module, names: list[str], calib: Batches) -> 
     with hooks_on([(model.get_submodule(n), hook_for(n)) for n in names], pre=True):
         for images, _ in calib:
             model(images)
-    return maxima
+    return ranges
+
+
+@torch.no_grad()
+def input_channel_absmax(model: nn.Module, names: list[str], calib: Batches) -> dict[str, Tensor]:
+    """``max|X_j|`` per input channel of each named Linear over ``calib`` (one pass)."""
+    ranges = input_channel_range(model, names, calib)
+    return {name: torch.maximum(lo.abs(), hi.abs()) for name, (lo, hi) in ranges.items()}
 
 
 @torch.no_grad()
@@ -137,31 +149,6 @@ def smoothquant(
     fold_batchnorm_(model)
     smooth_(model, calib, alpha=alpha)
     return get_method("ptq").fn(model, plan, calib)
-
-
-@torch.no_grad()
-def input_channel_range(
-    model: nn.Module, names: list[str], calib: Batches
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """``(min_j, max_j)`` per input channel of each named Linear over ``calib`` (one pass)."""
-    ranges: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook_for(name: str):
-        def hook(_m, inp):
-            x = inp[0].detach()
-            x = x.reshape(-1, x.shape[-1]).float()
-            lo, hi = x.amin(0), x.amax(0)
-            if name in ranges:
-                lo, hi = torch.minimum(ranges[name][0], lo), torch.maximum(ranges[name][1], hi)
-            ranges[name] = (lo, hi)
-
-        return hook
-
-    model.eval()
-    with hooks_on([(model.get_submodule(n), hook_for(n)) for n in names], pre=True):
-        for images, _ in calib:
-            model(images)
-    return ranges
 
 
 @torch.no_grad()
