@@ -95,3 +95,40 @@ def fx_quantized_counts(gm: torch.fx.GraphModule) -> tuple[int, int, int]:
             all_matmuls += 1
             matmuls += _is_dequant(node.args[0]) and _is_dequant(node.args[1])
     return layers, matmuls, all_matmuls
+
+
+def layer_widths(stats, width: Width, info: dict) -> list[tuple[int | None, int | None]]:
+    """Each layer of ``stats`` (eaq's :func:`eaq.collect_stats`) at the width the peer gave it:
+    conv/linear layers at ``width``, the first and last at 8 bits, the names in
+    ``info["float_layers"]`` in float; attention matmuls at the activation width where the
+    peer quantizes them (``info["attention_matmuls"]``), else float. This is what eaq's energy
+    model costs (:func:`eaq.energy.cost.energy`)."""
+    layers = [layer for layer in stats.layers if layer.kind != "matmul"]
+    eight = {layers[0].name, layers[-1].name} if layers else set()
+    floats = set(info.get("float_layers") or ())
+    widths: list[tuple[int | None, int | None]] = []
+    for layer in stats.layers:
+        if layer.kind == "matmul":
+            widths.append((width.a, width.a) if info.get("attention_matmuls") else (None, None))
+        elif layer.name in floats:
+            widths.append((None, None))
+        elif layer.name in eight:
+            widths.append((8, 8))
+        else:
+            widths.append((width.w, width.a))
+    return widths
+
+
+def fx_float_layers(gm: torch.fx.GraphModule) -> list[str]:
+    """In a converted PT2E graph: the module paths of the conv/linear layers whose weight
+    does not come out of a dequantize node (left in float), from each node's module stack."""
+    names = []
+    for node in gm.graph.nodes:
+        target = str(node.target)
+        if node.op != "call_function" or not any(op in target for op in ("conv2d", "aten.linear")):
+            continue
+        if not _is_dequant(node.args[1]):
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else node.name
+            names.append(path.removeprefix("L['self'].").removeprefix("L__self__."))
+    return names

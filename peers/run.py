@@ -27,11 +27,12 @@ from types import ModuleType
 import torch
 
 import eaq
+from eaq.energy.cost import energy
 from eaq.models import get_model_info
 from eaq.paths import default_data_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WIDTHS, CallableModel, Width, parse_width  # noqa: E402
+from common import WIDTHS, CallableModel, Width, layer_widths, parse_width  # noqa: E402
 
 # peer name -> its module in peers/ (named *_peer so that none shadows the real package)
 PEER_MODULES = {
@@ -79,6 +80,7 @@ class ModelData:
         self.calib = eaq.calibration_batches(train, n=CALIB_SIZE, seed=CALIB_SEED, **norm)
         self.test = eaq.eval_batches(test, limit=limit, **norm)
         self.fp32_top1 = eaq.evaluate(self.model, self.test, progress=False).top1
+        self.stats = eaq.collect_stats(self.model, info.input_size)
 
 
 def empty_row(data: ModelData) -> dict:
@@ -93,6 +95,9 @@ def empty_row(data: ModelData) -> dict:
         "quantized_layers": None,
         "attention_matmuls": None,
         "first_last": None,
+        "float_layers": [],
+        "relative_energy": None,
+        "relative_bops": None,
         "error": "",
         "workaround": "",
     }
@@ -115,10 +120,23 @@ def run_cell(data: ModelData, width: Width, peer: ModuleType, recipe: str) -> di
         if data.family != "vit":
             row["attention_matmuls"] = None
         row["workaround"] = info.get("workaround", "")
+        row |= modelled_energy(data, width, info)
         result = eaq.evaluate(CallableModel(quantized), data.test, progress=False)
     except Exception as exc:  # any peer failure becomes a row, never a crash
         return row | {"status": "failed", "error": one_line(exc)}
     return row | {"top1": round(result.top1, 4)}
+
+
+def modelled_energy(data: ModelData, width: Width, info: dict) -> dict:
+    """The peer configuration under eaq's energy model: relative energy per eaq profile
+    (FP32 = 1) and relative BOPs, from the layers the peer quantized at which width."""
+    widths = layer_widths(data.stats, width, info)
+    reports = {p: energy(data.stats, widths, p) for p in eaq.profile_names()}
+    return {
+        "float_layers": list(info.get("float_layers") or []),
+        "relative_energy": {p: round(r.relative_energy, 6) for p, r in reports.items()},
+        "relative_bops": round(next(iter(reports.values())).relative_bops, 6),
+    }
 
 
 def read_rows(path: Path) -> list[dict]:

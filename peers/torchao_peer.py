@@ -19,7 +19,14 @@ from torchao.quantization.pt2e import move_exported_model_to_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
-from common import Batches, Width, compute_layers, first_last, fx_quantized_counts
+from common import (
+    Batches,
+    Width,
+    compute_layers,
+    first_last,
+    fx_float_layers,
+    fx_quantized_counts,
+)
 
 PEER = "torchao"
 PACKAGE = "torchao"
@@ -105,6 +112,7 @@ def quantize(
         else "8-bit (the global config)"
         if width.is_int8
         else "8-bit (the 8-bit config by set_module_name)",
+        "float_layers": fx_float_layers(converted),
         "workaround": "",
     }
     return converted, info

@@ -28,10 +28,19 @@ def add_parser(sub) -> None:
         help="a published-results file (e.g. studies/published/seed.yaml) to set beside the "
         "measured rows, table by table",
     )
+    p.add_argument(
+        "--peers",
+        default=None,
+        metavar="FILE",
+        help="other toolkits' rows (peers/run.py's rows.jsonl or results/peers.json) to draw "
+        "on the Pareto plots and table beside the study's rows",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = write_report(args.folder, store_url=args.store, published=args.published)
+    out = write_report(
+        args.folder, store_url=args.store, published=args.published, peers=args.peers
+    )
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
     return 0

@@ -15,8 +15,10 @@ import html
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
+from eaq.errors import EaqError
 from eaq.mixed.pareto import best_within, pareto_front
 from eaq.study.published import (
     compare,
@@ -279,7 +281,9 @@ def _save(fig, folder: Path, stem: str) -> list[str]:
     return names
 
 
-def pareto_plot(summary: list[dict], model: str, folder: Path) -> str:
+def pareto_plot(summary: list[dict], model: str, folder: Path, peers: Sequence[dict] = ()) -> str:
+    """Top-1 against relative energy, the front dashed; ``peers`` (from :func:`peer_points`)
+    are drawn beside eaq's points, one marker per toolkit."""
     plt = _plt()
     rs = [r for r in summary if r["model"] == model and r["strategy"] != "fp32"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -311,6 +315,15 @@ def pareto_plot(summary: list[dict], model: str, folder: Path) -> str:
             textcoords="offset points",
             fontsize=7,
         )
+    for peer in sorted({p["peer"] for p in peers if p["model"] == model}):
+        pts = [p for p in peers if p["model"] == model and p["peer"] == peer]
+        ax.scatter(
+            [p["relative_energy"] for p in pts],
+            [p["top1"] for p in pts],
+            marker="x",
+            s=30,
+            label=f"{peer} (peer)",
+        )
     fp32 = [r for r in summary if r["model"] == model and r["strategy"] == "fp32"]
     if fp32:
         ax.axhline(fp32[0]["top1_mean"], color="grey", lw=0.8, ls=":", label="FP32")
@@ -320,6 +333,56 @@ def pareto_plot(summary: list[dict], model: str, folder: Path) -> str:
     ax.legend(fontsize=8)
     _save(fig, folder, f"{model}_pareto")
     return f"{model}_pareto.png"
+
+
+def peer_points(path: str | Path, profile: str) -> list[dict]:
+    """Other toolkits' measured points from a peer benchmark's rows (``peers/run.py``'s
+    ``rows.jsonl`` or ``results/peers.json``): those with status ``ok``, as ``model``,
+    ``peer``, ``recipe``, ``width``, ``top1``, ``n_images`` and ``relative_energy`` under
+    energy profile ``profile`` (the study's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EaqError(
+            f"peer rows {path} do not exist; give peers/run.py's rows.jsonl or results/peers.json"
+        )
+    text = path.read_text()
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise EaqError(f"peer rows {path} are not a peer benchmark's rows: {e}") from None
+    points = []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        energies = r.get("relative_energy") or {}
+        if profile not in energies:
+            raise EaqError(
+                f"peer rows {path} have no relative energy under profile {profile!r} "
+                f"(they have {', '.join(sorted(energies)) or 'none'}); rerun peers/run.py"
+            )
+        try:
+            fields = ("model", "peer", "recipe", "width", "top1", "n_images")
+            points.append({k: r[k] for k in fields} | {"relative_energy": energies[profile]})
+        except KeyError as e:
+            raise EaqError(f"peer rows {path}: a row has no {e.args[0]!r}") from None
+    return points
+
+
+def _peers_table(points: list[dict], n_images: int) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [
+            p["width"],
+            f"{p['peer']} / {p['recipe']}",
+            f"{p['top1']:.2f}",
+            f"{p['relative_energy']:.3f}",
+        ]
+        for p in sorted(points, key=lambda p: (p["width"], p["peer"], p["recipe"]))
+        if p["n_images"] == n_images
+    ]
+    return ["Width", "Peer / recipe", "Top-1", "Rel. energy"], rows
 
 
 def energy_plot(summary: list[dict], model: str, folder: Path) -> str:
@@ -395,13 +458,19 @@ def _write_csv(path: Path, rows: list[dict], fields) -> None:
 
 
 def write_report(
-    folder: str | Path, *, store_url: str | None = None, published: str | Path | None = None
+    folder: str | Path,
+    *,
+    store_url: str | None = None,
+    published: str | Path | None = None,
+    peers: str | Path | None = None,
 ) -> Path:
     """Regenerate ``folder/report/`` from ``folder``'s database (or the PostgreSQL store at
     ``store_url``); returns the report folder.
 
     ``published``: a published-results file (:mod:`eaq.study.published`) whose tables are set
     beside the measured rows, first in the report and in ``published_vs_measured.json``.
+    ``peers``: a peer benchmark's rows (:func:`peer_points`), drawn on the Pareto plots and
+    tabled per model where they were measured on as many test images as the study's rows.
     """
     pub = load_published(published) if published is not None else None  # fail before work
     folder = Path(folder)
@@ -409,7 +478,9 @@ def write_report(
     with Store.open(folder, url=store_url) as store:
         rows = store.results()
         sens_rows = store.sensitivity_rows()
-        name = json.loads(store.get_meta("config") or "{}").get("name", folder.name)
+        config = json.loads(store.get_meta("config") or "{}")
+    name = config.get("name", folder.name)
+    points = peer_points(peers, config.get("profile", "seed")) if peers is not None else []
     out = folder / "report"
     out.mkdir(exist_ok=True)
     summary = summarize(rows)
@@ -495,11 +566,24 @@ def write_report(
             ]
             body.append(("table", (["Config", "Command"], t)))
         # the seed's Figures 1-3, then the widths each plan gave each layer
+        energy_caption = "Energy by component, MAC against memory (the seed's Figure 1)."
+        pareto_caption = "Top-1 against relative energy, with the Pareto front (Figure 2)."
+        n_images = ms[0]["n_images"]
+        same = [p for p in points if p["model"] == model and p["n_images"] == n_images]
+        h, t = _peers_table(same, n_images)
+        if t:
+            md += [
+                "Other toolkits on the same checkpoint and test images (peers/run.py), their "
+                "configurations costed by this study's energy profile.",
+                "",
+                table_md(h, t),
+                "",
+            ]
+            body.append(("table", (h, t)))
         imgs = [
-            ("Energy by component, MAC against memory (the seed's Figure 1).", energy_plot),
-            ("Top-1 against relative energy, with the Pareto front (Figure 2).", pareto_plot),
+            (energy_caption, energy_plot(summary, model, out)),
+            (pareto_caption, pareto_plot(summary, model, out, same)),
         ]
-        imgs = [(caption, plot(summary, model, out)) for caption, plot in imgs]
         for measure in sorted({r["measure"] for r in sens_rows if r["model"] == model}):
             srows = [r for r in sens_rows if r["model"] == model and r["measure"] == measure]
             img = sensitivity_plot(srows, model, out, f"{model}_sensitivity_{measure}")

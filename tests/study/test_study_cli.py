@@ -193,6 +193,33 @@ def test_report_with_published_tables(ref_run, tmp_path, capsys):
     assert "needs a non-empty list 'tables'" in err and "\n" not in err
 
 
+def test_report_draws_and_tables_peer_points(ref_run, tmp_path, capsys):
+    peer = {
+        "model": "resnet20_cifar",
+        "width": "W8A8",
+        "peer": "sometool",
+        "recipe": "default",
+        "status": "ok",
+        "top1": 12.5,
+        "n_images": LIMIT,
+        "relative_energy": {"seed": 0.123, "horowitz45nm": 0.2},
+    }
+    other_set = peer | {"recipe": "other-images", "n_images": LIMIT + 1}
+    failed = peer | {"recipe": "broken", "status": "failed", "relative_energy": None}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in (peer, other_set, failed)) + "\n")
+    assert main(["report", str(ref_run), "--peers", str(rows)]) == 0
+    md = (ref_run / "report" / "report.md").read_text()
+    assert "| W8A8 | sometool / default | 12.50 | 0.123 |" in md
+    assert "other-images" not in md and "broken" not in md  # other test set; failed
+    # the study's profile must be among the peer rows' energies
+    rows.write_text(json.dumps(peer | {"relative_energy": {"horowitz45nm": 0.2}}) + "\n")
+    capsys.readouterr()
+    assert main(["report", str(ref_run), "--peers", str(rows)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no relative energy under profile 'seed'" in err and "\n" not in err
+
+
 def test_tables_import_a_study_and_write_its_table(ref_run, tmp_path, capsys):
     (tmp_path / "README.md").write_text(
         f"<!-- eaq-table kind=summary rows=results/{ref_run.name}.json configs=FP32,W4A4 -->\n"

@@ -1,0 +1,253 @@
+"""The peer benchmark's tables (issue #32): peers' rows beside eaq's best measured row.
+
+``python peers/report.py --import runs/peers`` stores the full-test-set rows of a benchmark run
+in ``results/peers.json`` (merged with the rows already there, a newer row replacing an older
+one of the same cell); ``python peers/report.py`` alone rewrites ``results/peers.csv`` and
+``docs/peers.md`` from ``results/peers.json`` and eaq's stored study results
+(``results/*.json``, written by ``eaq tables --import``). Nothing in the page is typed.
+
+Each peer row is set beside eaq's best row for the same model and width: the uniform
+configuration at that weight/activation width with the highest top-1 on the same number of
+test images, any method, calibration seed 0. Its calibration size is shown, since eaq's
+studies do not all calibrate on the peers' 256 images. A ``note`` column flags the cells the
+issue asks about: a peer more than 0.3 points above eaq's best, or within 0.3 points and
+faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = ("model", "width", "peer", "recipe")
+MARGIN = 0.3  # points: "beats eaq" / "equal accuracy" in the notes
+CSV_FIELDS = (
+    "model",
+    "width",
+    "peer",
+    "recipe",
+    "peer_version",
+    "status",
+    "top1",
+    "fp32_top1",
+    "n_images",
+    "calib_seconds",
+    "quantized_layers",
+    "attention_matmuls",
+    "relative_energy_seed",
+    "relative_energy_horowitz45nm",
+    "eaq_config",
+    "eaq_method",
+    "eaq_top1",
+    "eaq_calib_seconds",
+    "eaq_calib_size",
+    "eaq_relative_energy",
+    "difference",
+    "note",
+    "error",
+    "workaround",
+)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def import_rows(run: Path, store: Path) -> list[dict]:
+    """Merge ``run/rows.jsonl``'s full-test-set rows (``limit`` null) into ``store``."""
+    src = run / "rows.jsonl"
+    if not src.is_file():
+        raise SystemExit(f"error: {src} does not exist; run peers/run.py --out {run} first")
+    new = [r for r in read_jsonl(src) if r.get("limit") is None]
+    if not new:
+        raise SystemExit(
+            f"error: {src} holds no full-test-set rows (every row has a --limit); "
+            "run peers/run.py without --limit"
+        )
+    old = json.loads(store.read_text())["rows"] if store.is_file() else []
+    merged = {tuple(r[k] for k in KEY): r for r in old}
+    merged.update({tuple(r[k] for k in KEY): r for r in new})
+    rows = sorted(merged.values(), key=lambda r: tuple(str(r[k]) for k in KEY))
+    store.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    print(f"{len(new)} rows from {src} -> {store} ({len(rows)} in all)")
+    return rows
+
+
+def eaq_rows(results: Path) -> list[dict]:
+    """eaq's stored study rows (every ``results/*.json`` but the peers' own)."""
+    rows = []
+    for path in sorted(results.glob("*.json")):
+        if path.name == "peers.json":
+            continue
+        for r in json.loads(path.read_text()).get("rows", []):
+            rows.append(r | {"source": path.name})
+    return rows
+
+
+def eaq_best(rows: list[dict], model: str, width: str, n_images: int) -> dict | None:
+    """eaq's best uniform row at ``width`` (e.g. ``W4A4``) on ``model``, seed 0, on the same
+    number of test images; None when eaq has no such row."""
+    w, a = (int(x) for x in width[1:].split("A"))
+    same = [
+        r
+        for r in rows
+        if r["model"] == model
+        and r.get("strategy") == "uniform"
+        and r.get("seed") == 0
+        and r.get("n_images") == n_images
+        and r["info"].get("w_bits") == w
+        and r["info"].get("a_bits") == a
+    ]
+    return max(same, key=lambda r: r["top1"]) if same else None
+
+
+def note(peer: dict, best: dict | None) -> str:
+    if peer["status"] != "ok" or best is None:
+        return ""
+    diff = peer["top1"] - best["top1"]
+    if diff > MARGIN:
+        return f"peer ahead by {diff:.2f}"
+    faster = peer["calib_seconds"] < (best.get("calib_seconds") or 0)
+    if abs(diff) <= MARGIN and faster:
+        return "peer as accurate and faster"
+    return ""
+
+
+def table_rows(peers: list[dict], eaq: list[dict]) -> list[dict]:
+    out = []
+    for p in peers:
+        best = eaq_best(eaq, p["model"], p["width"], p["n_images"])
+        energy = p.get("relative_energy") or {}
+        row = {k: p.get(k) for k in CSV_FIELDS if k in p}
+        row |= {
+            "relative_energy_seed": energy.get("seed"),
+            "relative_energy_horowitz45nm": energy.get("horowitz45nm"),
+            "eaq_config": best and best["config"],
+            "eaq_method": best and best["method"],
+            "eaq_top1": best and round(best["top1"], 2),
+            "eaq_calib_seconds": best and round(best["calib_seconds"], 1),
+            "eaq_calib_size": best and best["calib_size"],
+            "eaq_relative_energy": best and round(best["relative_energy"], 4),
+            "difference": round(p["top1"] - best["top1"], 2)
+            if best and p["status"] == "ok"
+            else None,
+            "note": note(p, best),
+        }
+        out.append(row)
+    return out
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown(rows: list[dict], peers: list[dict]) -> str:
+    versions = sorted({(p["peer"], p["peer_version"]) for p in peers if p.get("peer_version")})
+    lines = [
+        "# eaq beside the peer toolkits",
+        "",
+        "<!-- generated by `python peers/report.py` from results/peers.json and eaq's "
+        "results/*.json; do not edit -->",
+        "",
+        "Each peer's PTQ recipe on eaq's reference checkpoints, the same 256 calibration images "
+        "(training split, seed 0) and all test images, beside eaq's best measured uniform "
+        "configuration at the same width (any method, seed 0). How the peers run, what each "
+        "can express and the workarounds: [peers/README.md](../peers/README.md). "
+        "`energy` is the peer's configuration under eaq's `seed` energy profile (FP32 = 1), "
+        "from the layers it quantized at which width. `diff` is the peer's top-1 minus eaq's.",
+        "",
+        "Versions: " + ", ".join(f"{p} {v}" for p, v in versions) + ".",
+        "",
+    ]
+    for model in sorted({r["model"] for r in rows}):
+        ms = [r for r in rows if r["model"] == model]
+        fp32 = ms[0]["fp32_top1"]
+        lines += [f"## {model} (FP32 {fp32:.2f}, {ms[0]['n_images']} test images)", ""]
+        head = (
+            "width | peer / recipe | status | top-1 | calib s | layers | attn | energy | "
+            "eaq best (method, calib images) | eaq top-1 | eaq calib s | diff | note"
+        )
+        lines += ["| " + head + " |", "|" + "---|" * (head.count("|") + 1)]
+        for r in ms:
+            eaq_cfg = (
+                f"{r['eaq_config']} ({r['eaq_method']}, {r['eaq_calib_size']})"
+                if r["eaq_config"]
+                else "not measured"
+            )
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}*"
+            cells = [
+                r["width"],
+                f"{r['peer']} / {r['recipe']}",
+                status,
+                _fmt(r["top1"]),
+                _fmt(r["calib_seconds"], 1),
+                _fmt(r["quantized_layers"]),
+                _fmt(r["attention_matmuls"]),
+                _fmt(r["relative_energy_seed"], 3),
+                eaq_cfg,
+                _fmt(r["eaq_top1"]),
+                _fmt(r["eaq_calib_seconds"], 1),
+                _fmt(r["difference"]),
+                r["note"],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        notes = [r for r in ms if r.get("error") or r.get("workaround")]
+        for r in notes:
+            text = "; ".join(x for x in (r.get("error"), r.get("workaround")) if x)
+            lines.append(f"- {r['width']} {r['peer']} / {r['recipe']}: {text}")
+        lines += [""] if notes else []
+    lines += ["\\* unsupported: the peer cannot express the width; failed: the error above.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(store: Path, results: Path, csv_path: Path, doc: Path) -> list[dict]:
+    if not store.is_file():
+        raise SystemExit(
+            f"error: {store} does not exist; import a full run first: "
+            "python peers/report.py --import runs/peers"
+        )
+    peers = json.loads(store.read_text())["rows"]
+    rows = table_rows(peers, eaq_rows(results))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    doc.write_text(markdown(rows, peers))
+    print(f"{len(rows)} rows -> {csv_path}, {doc}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python peers/report.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--import",
+        dest="run",
+        type=Path,
+        default=None,
+        help="a peers/run.py output folder whose full-test-set rows to store first",
+    )
+    parser.add_argument("--results", type=Path, default=ROOT / "results", help="results folder")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "peers.md", help="page")
+    args = parser.parse_args(argv)
+    store = args.results / "peers.json"
+    if args.run is not None:
+        import_rows(args.run, store)
+    write_outputs(store, args.results, args.results / "peers.csv", args.doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
