@@ -18,6 +18,7 @@ import copy
 import importlib
 import importlib.metadata
 import json
+import os
 import sys
 import time
 import traceback
@@ -40,6 +41,8 @@ PEER_MODULES = {
     "torchao": "torchao_peer",
     "brevitas": "brevitas_peer",
     "nncf": "nncf_peer",
+    "aimet": "aimet_peer",
+    "modelopt": "modelopt_peer",
 }
 MODELS = ("resnet18_cifar", "deit_tiny_cifar", "resnet20_cifar")
 CALIB_SIZE = 256
@@ -274,6 +277,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(exc))
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if os.environ.get("PEERS_ADAROUND_ITERS") and args.limit is None:
+        parser.error(
+            "PEERS_ADAROUND_ITERS caps AIMET's AdaRound for smoke runs only; give --limit, "
+            "or unset it for a full run"
+        )
     return args
 
 
