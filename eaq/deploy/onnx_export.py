@@ -393,6 +393,38 @@ def export_model(model: nn.Module, *, float_nonuniform: bool = False) -> tuple[n
     return model, {"layers": n_layers, "folded_batchnorm": folded, "float_layers": floated}
 
 
+def _unshare_initializers_(proto) -> int:
+    """Give every use of an initializer that several node inputs share its own copy.
+
+    torch's exporter merges constants of equal value (zero points, scales, equal BatchNorm
+    parameters) into one initializer. onnxruntime's exact x86 integer kernels
+    (``session.x64quantprecision``, which :func:`eaq.deploy.runtime.session` selects on CPUs
+    without VNNI) fail to load a QDQ graph where a Q/DQ parameter is shared ("Attempt to replace
+    the existing tensor"). Returns the number of copies made.
+    """
+    import copy as _copy
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    seen: dict[str, int] = {}
+    copies = 0
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            tensor = _copy.deepcopy(initializers[name])
+            tensor.name = f"{name}.{seen[name]}"
+            while tensor.name in initializers:
+                tensor.name += "_"
+            proto.graph.initializer.append(tensor)
+            initializers[tensor.name] = tensor
+            node.input[k] = tensor.name
+            copies += 1
+    return copies
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -452,6 +484,7 @@ def export_onnx(
         if opset > TORCH_MAX_OPSET:
             proto = onnx.version_converter.convert_version(proto, opset)
         int4 = _weights_to_int4_(proto, export) if opset >= INT4_OPSET else 0
+        _unshare_initializers_(proto)
         if metadata is not None:
             entry = proto.metadata_props.add()
             entry.key, entry.value = "eaq", json.dumps(metadata)

@@ -44,10 +44,10 @@ def require_onnx():
 def integer_kernels_exact() -> bool:
     """False on an x86-64 CPU without VNNI (AVX2, or AVX-512 before VNNI).
 
-    There onnxruntime's u8 x s8 matrix kernels add products in pairs into 16 bits, which can
-    saturate, so its integer results may differ from eaq's by more than a rounding step. The
-    session option that selects its exact u8 x u8 kernels instead
-    (``session.x64quantprecision``) fails to load eaq's QDQ graphs in onnxruntime 1.32.
+    There onnxruntime's default u8 x s8 matrix kernels add products in pairs into 16 bits,
+    which can saturate, so their integer results may differ from eaq's by more than a rounding
+    step. :func:`session` then selects onnxruntime's exact kernels instead
+    (``session.x64quantprecision``).
     """
     import platform
 
@@ -70,12 +70,11 @@ def session(path: str | Path, *, threads: int | None = None):
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    if not integer_kernels_exact():
-        log.warning(
-            "this CPU has no VNNI: onnxruntime's 8-bit kernels can saturate here, so its "
-            "results may differ from eaq's by more than one quantization step"
-        )
-    try:
+    use_exact_kernels = not integer_kernels_exact()
+    if use_exact_kernels:  # no VNNI: the default 8-bit kernels can saturate; take the exact ones
+        options.add_session_config_entry("session.x64quantprecision", "1")
+
+    def load():
         return ort.InferenceSession(
             str(path),
             options,
@@ -84,6 +83,26 @@ def session(path: str | Path, *, threads: int | None = None):
             # in ViT graphs; eaq's Q/DQ pairs already sit where the integer kernels need them
             disabled_optimizers=["QDQPropagationTransformer"],
         )
+
+    try:
+        try:
+            return load()
+        except Exception as e:
+            if not (use_exact_kernels and "replace the existing tensor" in str(e)):
+                raise
+            # a file written before eaq unshared Q/DQ parameters: the exact kernels cannot
+            # load it; the default ones can, and may saturate
+            log.warning(
+                f"{path} shares quantization parameters between nodes, which onnxruntime's "
+                "exact kernels for CPUs without VNNI cannot load; it runs on the default "
+                "kernels, which can saturate on this CPU. Export it again with `eaq export` "
+                "for exact results"
+            )
+            options = ort.SessionOptions()
+            if threads is not None:
+                options.intra_op_num_threads = threads
+            options.log_severity_level = 3
+            return load()
     except Exception as e:  # onnxruntime raises its own types for unreadable files
         text = " ".join(str(e).split())[:300]
         raise EaqError(f"onnxruntime cannot load {path}: {text}") from None

@@ -1,5 +1,4 @@
 import builtins
-import warnings
 
 import numpy as np
 import onnx
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from eaq.deploy import OnnxModel, export_onnx, read_model_metadata
-from eaq.deploy.runtime import integer_kernels_exact, require_onnxruntime
+from eaq.deploy.runtime import require_onnxruntime
 from eaq.errors import EaqError
 from eaq.nn import QuantLinear
 from eaq.plan import Plan
@@ -22,19 +21,9 @@ def one_step_bound(model) -> float:
     return step * float(w.abs().sum(1).max())
 
 
-EXACT = integer_kernels_exact()
-SATURATING = "onnxruntime's u8 x s8 kernels saturate on x86 without VNNI"
-
-
 def assert_within_one_step(ours, theirs, model):
-    """onnxruntime's logits within one step of the head's input of eaq's; not checked on a CPU
-    where onnxruntime's integer kernels saturate (a warning says so)."""
-    diff = float((ours - theirs).abs().max())
-    if EXACT:
-        assert diff <= one_step_bound(model)
-    else:
-        msg = f"{SATURATING}: eaq vs onnxruntime not compared (max diff {diff:.4g})"
-        warnings.warn(msg, stacklevel=2)
+    """onnxruntime's logits within one step of the head's input of eaq's."""
+    assert float((ours - theirs).abs().max()) <= one_step_bound(model)
 
 
 def run_both(model, path, size, opset=None, n=64):
@@ -232,3 +221,28 @@ def test_vit_with_quantized_outputs_loads_and_matches(tmp_path, opset):
     report, ours, theirs = run_both(model, tmp_path / "v.onnx", 8, opset=opset)
     assert report.opset == (20 if opset is None else 21)  # no INT4 needed: opset 20
     assert_within_one_step(ours, theirs, model)
+
+
+def test_no_initializer_is_shared_and_the_exact_x86_kernels_load_it(tmp_path):
+    """torch merges equal constants into one initializer; onnxruntime's exact integer kernels
+    for CPUs without VNNI (session.x64quantprecision) cannot load a QDQ graph that shares one,
+    so the export gives each use its own copy."""
+    ort = require_onnxruntime()
+    model = quantized(TinyConvNet(), Plan.uniform(8, 8, quantize_outputs=True), 8)
+    for m in model.modules():  # equal BatchNorm parameters: merged by torch's exporter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, input_shape=(3, 8, 8))
+    proto = onnx.load(str(path))
+    names = {t.name for t in proto.graph.initializer}
+    uses = [name for node in proto.graph.node for name in node.input if name in names]
+    assert len(uses) == len(set(uses))
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    theirs = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        assert_within_one_step(model(x), theirs, model)
