@@ -82,17 +82,42 @@ def _eight_bit(sim: QuantizationSimModel, names: tuple[str, str]) -> None:
                 q.bitwidth = 8
 
 
+def _quantized_source(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Whether ``node``'s value leaves a quantizer: walk back through reshapes, views and ops
+    without an enabled output quantizer (a scalar multiply) to the first op that has one."""
+    while True:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if any(q is not None for q in getattr(module, "output_quantizers", [])):
+                return True
+        elif node.op not in ("call_method", "call_function"):
+            return False  # a graph input or a constant
+        tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if not tensors:
+            return False
+        node = tensors[0]
+
+
 def _count(sim: QuantizationSimModel) -> tuple[int, bool]:
-    """(conv/linear layers with a weight quantizer, whether some matmul of two activations
-    has both inputs quantized)."""
-    layers = matmuls = 0
-    for module in sim.model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            layers += _weight_quantizer(module) is not None
-        elif "MatMul" in type(module).__name__ and hasattr(module, "input_quantizers"):
-            ins = list(module.input_quantizers)
-            matmuls += len(ins) == 2 and all(q is not None for q in ins)
-    return layers, matmuls > 0
+    """(conv/linear layers with a weight quantizer, whether the attention matmuls take
+    quantized inputs). AIMET quantizes op outputs, so a matmul's inputs count as quantized
+    when the ops that produce them (through reshapes and a scalar multiply) quantize theirs."""
+    layers = sum(
+        _weight_quantizer(m) is not None
+        for m in sim.model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    )
+    gm = sim.model
+    matmuls = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "call_module" and "MatMul" in type(gm.get_submodule(n.target)).__name__
+    ]
+    quantized = all(
+        all(_quantized_source(gm, a) for a in n.args[:2] if isinstance(a, torch.fx.Node))
+        for n in matmuls
+    )
+    return layers, bool(matmuls) and quantized
 
 
 def quantize(
