@@ -140,17 +140,18 @@ def quantize(
     fold_all_batch_norms(model, None, dummy_input=dummy)
     if recipe == "cle-adaround":
         equalize_model(model, dummy_input=dummy)
-    if recipe in ("adaround", "cle-adaround"):
-        iters = os.environ.get("PEERS_ADAROUND_ITERS")
-        if iters:
-            workaround.append(f"AdaRound capped at {iters} iterations (PEERS_ADAROUND_ITERS)")
-        params = AdaroundParameters(
-            data_loader=_Loader(calib),
-            num_batches=len(calib),
-            default_num_iterations=int(iters) if iters else None,
-        )
-        overrides = [(model.get_submodule(n), 8) for n in names] if width.w != 8 else None
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        encodings = None
+        if recipe in ("adaround", "cle-adaround"):
+            iters = os.environ.get("PEERS_ADAROUND_ITERS")
+            if iters:
+                workaround.append(f"AdaRound capped at {iters} iterations (PEERS_ADAROUND_ITERS)")
+            params = AdaroundParameters(
+                data_loader=_Loader(calib),
+                num_batches=len(calib),
+                default_num_iterations=int(iters) if iters else None,
+            )
+            overrides = [(model.get_submodule(n), 8) for n in names] if width.w != 8 else None
             model = Adaround.apply_adaround(
                 model,
                 dummy,
@@ -162,17 +163,7 @@ def quantize(
                 default_quant_scheme=QuantScheme.post_training_tf_enhanced,
                 default_config_file=str(CONFIG),
             )
-            sim = QuantizationSimModel(
-                model,
-                dummy_input=dummy,
-                quant_scheme=QuantScheme.post_training_tf_enhanced,
-                default_param_bw=width.w,
-                default_output_bw=width.a,
-                config_file=str(CONFIG),
-            )
-            _eight_bit(sim, names)
-            sim.set_and_freeze_param_encodings(str(Path(tmp) / "adaround.encodings"))
-    else:
+            encodings = Path(tmp) / "adaround.encodings"
         sim = QuantizationSimModel(
             model,
             dummy_input=dummy,
@@ -182,6 +173,8 @@ def quantize(
             config_file=str(CONFIG),
         )
         _eight_bit(sim, names)
+        if encodings is not None:  # AdaRound's weights, frozen
+            sim.set_and_freeze_param_encodings(str(encodings))
 
     def forward(m: nn.Module) -> None:
         with torch.no_grad():
