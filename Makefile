@@ -61,8 +61,10 @@ bench-scale: setup
 bench-overhead: setup
 	$(VENV)/python benchmarks/study_overhead.py runs/seed-cifar100
 
-# peer toolkits (onnxruntime, torchao, Brevitas, NNCF) on the same checkpoints, calibration images
-# and test sets, in their own .venv-peers (peers/README.md); never part of make test
+# peer toolkits (onnxruntime, torchao, Brevitas, NNCF, AIMET, ModelOpt) on the same checkpoints,
+# calibration images and test sets, in their own .venv-peers (peers/README.md); never part of
+# make test. Resumable; then results/peers.json, results/peers.csv and docs/peers.md
 peers:
 	bash peers/setup.sh
 	.venv-peers/bin/python peers/run.py --out runs/peers
+	.venv-peers/bin/python peers/report.py --import runs/peers
