@@ -183,12 +183,19 @@ def quantize(
 
     sim.compute_encodings(forward)
     layers, matmuls = _count(sim)
+    floats = [
+        n
+        for n, m in sim.model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and _weight_quantizer(m) is None
+    ]
     info = {
         "quantized_layers": layers,
         "attention_matmuls": matmuls,
         "first_last": "8-bit weights and own quantizers; the last layer's input at the "
         "activation width (AIMET quantizes op outputs)",
-        "float_layers": [],
+        "float_layers": floats,
+        # the last layer's input comes out of the pooling before it, at the activation width
+        "widths": {names[-1]: (8, width.a)},
         "workaround": "; ".join(workaround),
     }
     if layers < n_layers:

@@ -98,20 +98,27 @@ def fx_quantized_counts(gm: torch.fx.GraphModule) -> tuple[int, int, int]:
 
 
 def layer_widths(stats, width: Width, info: dict) -> list[tuple[int | None, int | None]]:
-    """Each layer of ``stats`` (eaq's :func:`eaq.collect_stats`) at the width the peer gave it:
-    conv/linear layers at ``width``, the first and last at 8 bits, the names in
-    ``info["float_layers"]`` in float; attention matmuls at the activation width where the
-    peer quantizes them (``info["attention_matmuls"]``), else float. This is what eaq's energy
-    model costs (:func:`eaq.energy.cost.energy`)."""
+    """Each layer of ``stats`` (eaq's :func:`eaq.collect_stats`) at the width the peer gave it,
+    which eaq's energy model (:func:`eaq.energy.cost.energy`) then costs: conv/linear layers at
+    ``width``, the first and last at 8 bits, the names in ``info["float_layers"]`` in float,
+    those in ``info["widths"]`` (name -> (w, a)) as given; attention matmuls at the activation
+    width where the peer quantizes them (``info["attention_matmuls"]``), else float. A name
+    that is not a layer of ``stats`` is an error."""
     layers = [layer for layer in stats.layers if layer.kind != "matmul"]
     eight = {layers[0].name, layers[-1].name} if layers else set()
     floats = set(info.get("float_layers") or ())
+    given = {name: tuple(w) for name, w in (info.get("widths") or {}).items()}
+    unknown = (floats | set(given)) - {layer.name for layer in layers}
+    if unknown:
+        raise ValueError(f"the peer names layers eaq's statistics lack: {sorted(unknown)}")
     widths: list[tuple[int | None, int | None]] = []
     for layer in stats.layers:
         if layer.kind == "matmul":
             widths.append((width.a, width.a) if info.get("attention_matmuls") else (None, None))
         elif layer.name in floats:
             widths.append((None, None))
+        elif layer.name in given:
+            widths.append(given[layer.name])
         elif layer.name in eight:
             widths.append((8, 8))
         else:

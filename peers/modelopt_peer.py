@@ -37,16 +37,20 @@ def unsupported(width: Width, recipe: str, family: str) -> str | None:
 def _config(width: Width, recipe: str, names: tuple[str, str]) -> dict:
     config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
     entries = []
+    base = {}
     for entry in config["quant_cfg"]:
         name = entry.get("quantizer_name")
-        if name == "*weight_quantizer" and "cfg" in entry:
-            entry = entry | {"cfg": entry["cfg"] | {"num_bits": width.w}}
-        elif name == "*input_quantizer" and "cfg" in entry:
-            entry = entry | {"cfg": entry["cfg"] | {"num_bits": width.a}}
+        if name in ("*weight_quantizer", "*input_quantizer") and "cfg" in entry:
+            kind = name[1:]
+            base[kind] = entry["cfg"]
+            bits = width.w if kind == "weight_quantizer" else width.a
+            entry = entry | {"cfg": entry["cfg"] | {"num_bits": bits}}
         entries.append(entry)
-    for layer in names:  # 8 bits for the first and last layer, as in eaq
-        entries.append({"quantizer_name": f"{layer}.weight_quantizer", "cfg": {"num_bits": 8}})
-        entries.append({"quantizer_name": f"{layer}.input_quantizer", "cfg": {"num_bits": 8}})
+    # 8 bits for the first and last layer, as in eaq; an entry's cfg replaces the quantizer's
+    # whole config, so it repeats the default's (per-channel weight axis included)
+    for layer in names:
+        for kind, cfg in base.items():
+            entries.append({"quantizer_name": f"{layer}.{kind}", "cfg": cfg | {"num_bits": 8}})
     algorithm = {"default": "max", "mse": "mse", "gptq": "gptq"}[recipe]
     return config | {"quant_cfg": entries, "algorithm": algorithm}
 
@@ -56,6 +60,10 @@ def _bits(module: nn.Module, attr: str) -> int | None:
     if q is None or not getattr(q, "is_enabled", False):
         return None
     return int(q.num_bits)
+
+
+def _axis(module: nn.Module) -> object:
+    return getattr(getattr(module, "weight_quantizer", None), "axis", None)
 
 
 def quantize(
@@ -81,6 +89,9 @@ def quantize(
     }
     quantized = [n for n, (w, _) in widths.items() if w is not None]
     eight = all(widths.get(n) == (8, 8) for n in names)
+    axes = {_axis(m) for n, m in model.named_modules() if n in widths and widths[n][0]}
+    if len(axes) != 1:  # every weight quantizer per output channel, as the default config says
+        raise RuntimeError(f"weight quantizers on different axes: {sorted(map(str, axes))}")
     info = {
         "quantized_layers": len(quantized),
         "attention_matmuls": False,

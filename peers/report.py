@@ -54,7 +54,21 @@ CSV_FIELDS = (
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not JSON lines: {e}") from None
+
+
+def read_store(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path} is not a peers results file ({e})") from None
+    missing = [k for k in (*KEY, "status", "top1", "n_images") for r in rows if k not in r]
+    if missing:
+        raise SystemExit(f"error: {path}: rows lack {sorted(set(missing))}")
+    return rows
 
 
 def import_rows(run: Path, store: Path) -> list[dict]:
@@ -68,7 +82,7 @@ def import_rows(run: Path, store: Path) -> list[dict]:
             f"error: {src} holds no full-test-set rows (every row has a --limit); "
             "run peers/run.py without --limit"
         )
-    old = json.loads(store.read_text())["rows"] if store.is_file() else []
+    old = read_store(store) if store.is_file() else []
     merged = {tuple(r[k] for k in KEY): r for r in old}
     merged.update({tuple(r[k] for k in KEY): r for r in new})
     rows = sorted(merged.values(), key=lambda r: tuple(str(r[k]) for k in KEY))
@@ -164,13 +178,18 @@ def markdown(rows: list[dict], peers: list[dict]) -> str:
         "configuration at the same width (any method, seed 0). How the peers run, what each "
         "can express and the workarounds: [peers/README.md](../peers/README.md). "
         "`energy` is the peer's configuration under eaq's `seed` energy profile (FP32 = 1), "
-        "from the layers it quantized at which width. `diff` is the peer's top-1 minus eaq's.",
+        "from the layers it quantized at which width. `diff` is the peer's top-1 minus eaq's. "
+        "Calibration times are wall times on this project's 2-core CPU, but eaq's come from "
+        "its study runs and the peers' from the benchmark, not from one run: compare them "
+        "as orders of magnitude.",
         "",
         "Versions: " + ", ".join(f"{p} {v}" for p, v in versions) + ".",
         "",
     ]
     for model in sorted({r["model"] for r in rows}):
         ms = [r for r in rows if r["model"] == model]
+        if len({(r["fp32_top1"], r["n_images"]) for r in ms}) > 1:
+            raise SystemExit(f"error: {model}'s rows disagree on FP32 top-1 or test images")
         fp32 = ms[0]["fp32_top1"]
         lines += [f"## {model} (FP32 {fp32:.2f}, {ms[0]['n_images']} test images)", ""]
         head = (
@@ -217,7 +236,7 @@ def write_outputs(store: Path, results: Path, csv_path: Path, doc: Path) -> list
             f"error: {store} does not exist; import a full run first: "
             "python peers/report.py --import runs/peers"
         )
-    peers = json.loads(store.read_text())["rows"]
+    peers = read_store(store)
     rows = table_rows(peers, eaq_rows(results))
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -123,11 +123,15 @@ def run_cell(data: ModelData, width: Width, peer: ModuleType, recipe: str) -> di
         if data.family != "vit":
             row["attention_matmuls"] = None
         row["workaround"] = info.get("workaround", "")
-        row |= modelled_energy(data, width, info)
         result = eaq.evaluate(CallableModel(quantized), data.test, progress=False)
     except Exception as exc:  # any peer failure becomes a row, never a crash
         return row | {"status": "failed", "error": one_line(exc)}
-    return row | {"top1": round(result.top1, 4)}
+    row["top1"] = round(result.top1, 4)
+    try:
+        row |= modelled_energy(data, width, info)
+    except Exception as exc:  # eaq's side: keep the measured top-1, say what failed
+        row["error"] = f"energy model: {one_line(exc)}"
+    return row
 
 
 def modelled_energy(data: ModelData, width: Width, info: dict) -> dict:
@@ -326,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                 for recipe in recipes:
                     key = (model_name, width.name, peer_name, recipe, args.limit)
                     old = done.get(key)
-                    if old and not (args.retry_failed and old["status"] == "failed"):
+                    stale = old and old["status"] == "ok" and not old.get("relative_energy")
+                    retry = old and args.retry_failed and old["status"] == "failed"
+                    if old and not (stale or retry):  # stale: a row from before energy
                         this_run.append(old)
                         continue
                     data = data or ModelData(model_name, args.limit, data_root)

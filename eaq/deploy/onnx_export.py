@@ -405,6 +405,8 @@ def _unshare_initializers_(proto) -> int:
     import copy as _copy
 
     initializers = {t.name: t for t in proto.graph.initializer}
+    taken = set(initializers) | {v.name for v in proto.graph.input}
+    taken |= {name for node in proto.graph.node for name in node.output}
     seen: dict[str, int] = {}
     copies = 0
     for node in proto.graph.node:
@@ -416,10 +418,10 @@ def _unshare_initializers_(proto) -> int:
                 continue
             tensor = _copy.deepcopy(initializers[name])
             tensor.name = f"{name}.{seen[name]}"
-            while tensor.name in initializers:
+            while tensor.name in taken:
                 tensor.name += "_"
             proto.graph.initializer.append(tensor)
-            initializers[tensor.name] = tensor
+            taken.add(tensor.name)
             node.input[k] = tensor.name
             copies += 1
     return copies

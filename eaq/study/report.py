@@ -353,8 +353,13 @@ def peer_points(path: str | Path, profile: str) -> list[dict]:
             rows = json.loads(text)["rows"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise EaqError(f"peer rows {path} are not a peer benchmark's rows: {e}") from None
-    points = []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise EaqError(f"peer rows {path} are not a list of JSON objects")
+    latest = {}  # a cell run again (rows.jsonl appends): its last row
     for r in rows:
+        latest[tuple(r.get(k) for k in ("model", "width", "peer", "recipe", "limit"))] = r
+    points = []
+    for r in latest.values():
         if r.get("status") != "ok":
             continue
         energies = r.get("relative_energy") or {}

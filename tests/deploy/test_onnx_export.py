@@ -246,3 +246,33 @@ def test_no_initializer_is_shared_and_the_exact_x86_kernels_load_it(tmp_path):
     theirs = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     with torch.no_grad():
         assert_within_one_step(model(x), theirs, model)
+
+
+def test_without_vnni_eaq_takes_the_exact_kernels_and_says_when_a_file_cannot(
+    tmp_path, monkeypatch, caplog
+):
+    """On a CPU without VNNI eaq's sessions select onnxruntime's exact kernels; a file from an
+    older eaq (shared Q/DQ parameters) cannot load there, so it runs on the default kernels with
+    a warning that says to export it again."""
+    import eaq.deploy.onnx_export as onnx_export
+    import eaq.deploy.runtime as runtime
+
+    monkeypatch.setattr(runtime, "integer_kernels_exact", lambda: False)
+    model = quantized(TinyConvNet(), Plan.uniform(8, 8, quantize_outputs=True), 8)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    new, old = tmp_path / "new.onnx", tmp_path / "old.onnx"
+    export_onnx(model, new, input_shape=(3, 8, 8))
+    with monkeypatch.context() as m:
+        m.setattr(onnx_export, "_unshare_initializers_", lambda proto: 0)
+        export_onnx(model, old, input_shape=(3, 8, 8))
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = model(x)
+    with caplog.at_level("WARNING", logger=runtime.log.name):
+        assert_within_one_step(ours, OnnxModel(new, threads=1)(x), model)
+        assert not caplog.records
+        OnnxModel(old, threads=1)(x)
+    assert "export it again" in caplog.text.lower()

@@ -11,13 +11,16 @@ class _Net(nn.Module):
         super().__init__()
         self.a = nn.Linear(4, 4)
         self.b = nn.Linear(4, 3)
+        self.c = nn.Linear(3, 3)
         self.unused = nn.Linear(3, 3)
-        self.calls_b = 0
+        self.calls_b = self.calls_c = 0
 
     def forward(self, x):
         h = torch.relu(self.a(x))
         self.calls_b += 1
-        return self.b(h)
+        h = self.b(h)
+        self.calls_c += 1
+        return self.c(h)
 
 
 def test_layer_calls_returns_inputs_and_outputs_and_stops_at_the_layer():
@@ -30,6 +33,7 @@ def test_layer_calls_returns_inputs_and_outputs_and_stops_at_the_layer():
     assert torch.equal(inputs[0][0][0], batches[0])
     assert net.calls_b == 0  # every pass stopped at layer a
     io = layer_calls(net, "b", batches, with_output=True)
+    assert net.calls_c == 0  # every pass stopped after layer b's output
     for x, (args, out) in zip(batches, io, strict=True):
         h = torch.relu(net.a(x))
         assert torch.allclose(args[0], h)
@@ -47,3 +51,16 @@ def test_layer_calls_keeps_copies():
 def test_layer_calls_on_a_layer_never_reached_is_an_error():
     with pytest.raises(EaqError, match="never reached layer unused"):
         layer_calls(_Net(), "unused", [torch.randn(2, 4)])
+
+
+def test_layer_calls_refuses_keyword_arguments():
+    class Kw(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(input=x)
+
+    with pytest.raises(EaqError, match="layer a is called with keyword arguments"):
+        layer_calls(Kw(), "a", [torch.randn(2, 4)])

@@ -206,12 +206,16 @@ def test_report_draws_and_tables_peer_points(ref_run, tmp_path, capsys):
     }
     other_set = peer | {"recipe": "other-images", "n_images": LIMIT + 1}
     failed = peer | {"recipe": "broken", "status": "failed", "relative_energy": None}
+    rerun = peer | {"recipe": "rerun", "top1": 1.0}  # a cell run twice: its last row counts
+    later = rerun | {"top1": 2.0}
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("\n".join(json.dumps(r) for r in (peer, other_set, failed)) + "\n")
+    lines = (peer, other_set, failed, rerun, later)
+    rows.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     assert main(["report", str(ref_run), "--peers", str(rows)]) == 0
     md = (ref_run / "report" / "report.md").read_text()
     assert "| W8A8 | sometool / default | 12.50 | 0.123 |" in md
     assert "other-images" not in md and "broken" not in md  # other test set; failed
+    assert "| W8A8 | sometool / rerun | 2.00 | 0.123 |" in md and "| 1.00 |" not in md
     # the study's profile must be among the peer rows' energies
     rows.write_text(json.dumps(peer | {"relative_energy": {"horowitz45nm": 0.2}}) + "\n")
     capsys.readouterr()
