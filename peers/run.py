@@ -44,7 +44,7 @@ PEER_MODULES = {
     "aimet": "aimet_peer",
     "modelopt": "modelopt_peer",
 }
-MODELS = ("resnet18_cifar", "deit_tiny_cifar", "resnet20_cifar")
+MODELS = ("resnet18_cifar", "deit_tiny_cifar", "resnet20_cifar", "mobilenetv2_cifar")
 CALIB_SIZE = 256
 CALIB_SEED = 0
 KEY = ("model", "width", "peer", "recipe", "limit")
