@@ -45,6 +45,7 @@ CSV_FIELDS = (
     "eaq_top1",
     "eaq_calib_seconds",
     "eaq_calib_size",
+    "eaq_attention_matmuls",
     "eaq_relative_energy",
     "difference",
     "note",
@@ -102,9 +103,18 @@ def eaq_rows(results: Path) -> list[dict]:
     return rows
 
 
-def eaq_best(rows: list[dict], model: str, width: str, n_images: int) -> dict | None:
+def eaq_attention(row: dict) -> bool:
+    """Whether an eaq row quantized the attention matmuls (uniform rows do, unless their
+    ``float_kinds`` keeps matmuls in float)."""
+    return "matmul" not in (row["info"].get("float_kinds") or [])
+
+
+def eaq_best(
+    rows: list[dict], model: str, width: str, n_images: int, attention: bool | None = None
+) -> dict | None:
     """eaq's best uniform row at ``width`` (e.g. ``W4A4``) on ``model``, seed 0, on the same
-    number of test images; None when eaq has no such row."""
+    number of test images; for a ViT peer (``attention`` not None) among the rows that treat the
+    attention matmuls as the peer does, where eaq has such rows. None when eaq has no row."""
     w, a = (int(x) for x in width[1:].split("A"))
     same = [
         r
@@ -116,6 +126,8 @@ def eaq_best(rows: list[dict], model: str, width: str, n_images: int) -> dict | 
         and r["info"].get("w_bits") == w
         and r["info"].get("a_bits") == a
     ]
+    if attention is not None:
+        same = [r for r in same if eaq_attention(r) == attention] or same
     return max(same, key=lambda r: r["top1"]) if same else None
 
 
@@ -134,7 +146,7 @@ def note(peer: dict, best: dict | None) -> str:
 def table_rows(peers: list[dict], eaq: list[dict]) -> list[dict]:
     out = []
     for p in peers:
-        best = eaq_best(eaq, p["model"], p["width"], p["n_images"])
+        best = eaq_best(eaq, p["model"], p["width"], p["n_images"], p.get("attention_matmuls"))
         energy = p.get("relative_energy") or {}
         row = {k: p.get(k) for k in CSV_FIELDS if k in p}
         row |= {
@@ -145,6 +157,9 @@ def table_rows(peers: list[dict], eaq: list[dict]) -> list[dict]:
             "eaq_top1": best and round(best["top1"], 2),
             "eaq_calib_seconds": best and round(best["calib_seconds"], 1),
             "eaq_calib_size": best and best["calib_size"],
+            "eaq_attention_matmuls": best
+            and p.get("attention_matmuls") is not None
+            and eaq_attention(best),
             "eaq_relative_energy": best and round(best["relative_energy"], 4),
             "difference": round(p["top1"] - best["top1"], 2)
             if best and p["status"] == "ok"
@@ -194,12 +209,17 @@ def markdown(rows: list[dict], peers: list[dict]) -> str:
         lines += [f"## {model} (FP32 {fp32:.2f}, {ms[0]['n_images']} test images)", ""]
         head = (
             "width | peer / recipe | status | top-1 | calib s | layers | attn | energy | "
-            "eaq best (method, calib images) | eaq top-1 | eaq calib s | diff | note"
+            "eaq best (method, calib images, attn) | eaq top-1 | eaq calib s | diff | note"
         )
         lines += ["| " + head + " |", "|" + "---|" * (head.count("|") + 1)]
         for r in ms:
+            attn = (
+                ""
+                if r["attention_matmuls"] is None
+                else f", attn {_fmt(r['eaq_attention_matmuls'])}"
+            )
             eaq_cfg = (
-                f"{r['eaq_config']} ({r['eaq_method']}, {r['eaq_calib_size']})"
+                f"{r['eaq_config']} ({r['eaq_method']}, {r['eaq_calib_size']}{attn})"
                 if r["eaq_config"]
                 else "not measured"
             )

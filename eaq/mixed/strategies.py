@@ -7,7 +7,8 @@ Strategies are registered by name (like timm's ``register_model``) and called wi
 strategy       what it does
 =============  ============================================================================
 ``fp32``       no quantization (the baseline)
-``uniform``    every layer at ``w_bits``/``a_bits``
+``uniform``    every layer at ``w_bits``/``a_bits``; ``float_kinds`` keeps kinds of layer in
+               float (``[matmul]``: a ViT's attention matmuls)
 ``percentile`` the seed's eq. 6: ``S >= P_high`` -> 8, ``P_low <= S < P_high`` -> 6, else 4
 ``budget``     integer program (``scipy.optimize.milp``): minimise the summed sensitivity
                subject to ``energy <= budget``, one plan per budget (a Pareto sweep); with
@@ -179,13 +180,37 @@ def _fp32(ctx: StrategyContext) -> list[NamedPlan]:
     return [NamedPlan("fp32", Plan(default=None, first_last_8bit=False))]
 
 
-@register_strategy("uniform", "every layer at the same widths (first/last policy applied)")
+LAYER_KINDS = ("conv", "linear", "matmul")
+
+
+@register_strategy(
+    "uniform",
+    "every layer at the same widths (first/last policy applied); float_kinds: kinds of "
+    "layer kept in float (e.g. [matmul]: a ViT's attention matmuls)",
+)
 def _uniform(
-    ctx: StrategyContext, *, w_bits: int = 8, a_bits: int | None = None
+    ctx: StrategyContext,
+    *,
+    w_bits: int = 8,
+    a_bits: int | None = None,
+    float_kinds: Sequence[str] = (),
 ) -> list[NamedPlan]:
     w = _check_bits(w_bits, "w_bits")
     a = w if a_bits is None else _check_bits(a_bits, "a_bits")
-    return [NamedPlan("uniform", ctx.uniform_plan(w, a), info={"w_bits": w, "a_bits": a})]
+    if isinstance(float_kinds, str) or not all(k in LAYER_KINDS for k in float_kinds):
+        raise EaqError(
+            f"float_kinds must be a list of layer kinds, got {float_kinds!r}; "
+            f"{choices_hint(list(LAYER_KINDS))}"
+        )
+    plan = ctx.uniform_plan(w, a)
+    info: dict = {"w_bits": w, "a_bits": a}
+    if float_kinds:
+        rules = tuple((r.name, None) for r in ctx.layers if r.kind in float_kinds)
+        if not rules:
+            raise EaqError(f"float_kinds {list(float_kinds)} names no layer of this model")
+        plan = replace(plan, rules=rules)
+        info["float_kinds"] = sorted(float_kinds)
+    return [NamedPlan("uniform", plan, info=info)]
 
 
 @register_strategy(

@@ -61,6 +61,30 @@ def test_uniform_and_fp32():
     assert plan_energy(ctx.stats, f.plan, "seed").relative_energy == pytest.approx(1.0)
 
 
+def test_uniform_with_a_kind_of_layer_in_float():
+    layers = (
+        LayerRef("stem", "conv"),
+        LayerRef("qkv", "linear"),
+        LayerRef("qk", "matmul"),
+        LayerRef("av", "matmul"),
+        LayerRef("head", "linear"),
+    )
+    stats = ModelStats(tuple(LayerStats(r.name, r.kind, 1000, 10, 10, 10) for r in layers))
+    ctx = StrategyContext(layers, stats, "seed")
+    [with_mm] = make_plans(ctx, "uniform", {"w_bits": 4})
+    [without] = make_plans(ctx, "uniform", {"w_bits": 4, "float_kinds": ["matmul"]})
+    resolved = without.plan.resolve(list(layers))
+    assert resolved["qk"] is None and resolved["av"] is None
+    assert resolved["qkv"].w_bits == 4 and resolved["stem"].w_bits == 8  # first/last policy
+    assert without.info["float_kinds"] == ["matmul"]
+    e_with = plan_energy(stats, with_mm.plan, "seed").energy
+    assert plan_energy(stats, without.plan, "seed").energy > e_with  # float matmuls cost more
+    with pytest.raises(EaqError, match="float_kinds must be a list of layer kinds.*valid"):
+        make_plans(ctx, "uniform", {"float_kinds": ["attention"]})
+    with pytest.raises(EaqError, match="names no layer"):
+        make_plans(_ctx(), "uniform", {"float_kinds": ["matmul"]})
+
+
 def test_percentile_follows_eq6():
     ctx = _ctx(n=10)
     [p] = make_plans(ctx, "percentile")
