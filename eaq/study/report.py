@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eaq.errors import EaqError
+from eaq.methods.registry import METHODS, method_chain
 from eaq.mixed.pareto import best_within, pareto_front
 from eaq.study.published import (
     compare,
@@ -78,7 +79,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "config_base": rs[0]["info"].get("config_base", config),
                 "granularity": rs[0]["info"].get("granularity"),
                 "strategy": rs[0]["strategy"],
-                "method": rs[0]["method"],
+                "method": method_label(rs[0]),
                 "dataset": rs[0]["dataset"],
                 "relative_energy": rel,
                 "energy_savings": 1.0 - rel,
@@ -102,6 +103,15 @@ def summarize(rows: list[dict]) -> list[dict]:
         r["delta_top1"] = r["top1_mean"] - fp32[r["model"]] if r["model"] in fp32 else None
     out.sort(key=lambda r: (r["model"], -r["relative_energy"], r["config"]))
     return out
+
+
+def method_label(row: dict) -> str:
+    """A row's method as run: ``repq → qdrop`` for repq handing over to qdrop (its ``then``)."""
+    method = row["method"]
+    if method in METHODS:
+        options = row["info"].get("method_options") or {}
+        return " → ".join(method_chain(method, options))
+    return method  # "none" (FP32), or a method this eaq no longer registers
 
 
 def _chosen(row: dict) -> str | None:
