@@ -25,6 +25,7 @@ from torch import nn
 
 import eaq
 from common import Batches, Width
+from eaq.deploy.onnx_export import unshare_initializers_
 
 PEER = "onnxruntime"
 PACKAGE = "onnxruntime"
@@ -127,11 +128,18 @@ def quantize(
             calibrate_method=_METHODS[recipe],
         )
         layers, matmuls = quantized_counts(q_path)
+        # eaq's sessions take onnxruntime's exact integer kernels on x86 CPUs without VNNI,
+        # which cannot load a QDQ graph that shares an initializer between nodes
+        proto = onnx.load(str(q_path))
+        unshared = unshare_initializers_(proto)
+        onnx.save(proto, str(q_path))
         session = eaq.OnnxModel(q_path, threads=torch.get_num_threads())
     info = {
         "quantized_layers": layers,
         "attention_matmuls": matmuls > 0,
         "first_last": "8-bit (every layer is 8-bit)",
-        "workaround": "",
+        "workaround": f"{unshared} shared initializers copied per use (exact kernels without VNNI)"
+        if unshared
+        else "",
     }
     return session, info

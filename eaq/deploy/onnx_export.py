@@ -393,7 +393,7 @@ def export_model(model: nn.Module, *, float_nonuniform: bool = False) -> tuple[n
     return model, {"layers": n_layers, "folded_batchnorm": folded, "float_layers": floated}
 
 
-def _unshare_initializers_(proto) -> int:
+def unshare_initializers_(proto) -> int:
     """Give every use of an initializer that several node inputs share its own copy.
 
     torch's exporter merges constants of equal value (zero points, scales, equal BatchNorm
@@ -486,7 +486,7 @@ def export_onnx(
         if opset > TORCH_MAX_OPSET:
             proto = onnx.version_converter.convert_version(proto, opset)
         int4 = _weights_to_int4_(proto, export) if opset >= INT4_OPSET else 0
-        _unshare_initializers_(proto)
+        unshare_initializers_(proto)
         if metadata is not None:
             entry = proto.metadata_props.add()
             entry.key, entry.value = "eaq", json.dumps(metadata)

@@ -266,7 +266,7 @@ def test_without_vnni_eaq_takes_the_exact_kernels_and_says_when_a_file_cannot(
     new, old = tmp_path / "new.onnx", tmp_path / "old.onnx"
     export_onnx(model, new, input_shape=(3, 8, 8))
     with monkeypatch.context() as m:
-        m.setattr(onnx_export, "_unshare_initializers_", lambda proto: 0)
+        m.setattr(onnx_export, "unshare_initializers_", lambda proto: 0)
         export_onnx(model, old, input_shape=(3, 8, 8))
     x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
