@@ -8,6 +8,7 @@ static quantizer's integer types here are 8-bit (its 4-bit QDQ types are not tri
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
@@ -34,12 +35,16 @@ RECIPES = {
     "per-channel": "quant_pre_process, QDQ, per-channel weights, MinMax calibration",
     "percentile": "quant_pre_process, QDQ, per-channel weights, Percentile (99.999) calibration",
     "entropy": "quant_pre_process, QDQ, per-channel weights, Entropy calibration",
+    "per-channel-noattn": "per-channel, quantizing only Conv/Gemm/MatMul (op_types_to_quantize, "
+    "so no reshape or softmax carries quantized values into attention) and excluding the MatMuls "
+    "of two activations (nodes_to_exclude): a ViT's attention matmuls stay float",
 }
 _METHODS = {
     "default": CalibrationMethod.MinMax,
     "per-channel": CalibrationMethod.MinMax,
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
+    "per-channel-noattn": CalibrationMethod.MinMax,
 }
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -74,20 +79,64 @@ def _export(model: nn.Module, path: Path, example: torch.Tensor) -> None:
     )
 
 
+def dedicate_dequantize_(proto) -> int:
+    """Give each consumer of a DequantizeLinear's output a copy of that node of its own (inserted
+    right after it, so the graph stays sorted); returns the number of copies. onnxruntime's own
+    ``DedicatedQDQPair`` option leaves the dequantized constants (GELU's, the attention scale)
+    shared, which its exact x86 kernels cannot load."""
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, k))
+    order, copies = [], 0
+    for node in list(proto.graph.node):
+        order.append(node)
+        users = consumers.get(node.output[0], []) if node.op_type == "DequantizeLinear" else []
+        for j, (user, k) in enumerate(users[1:], 2):
+            twin = copy.deepcopy(node)
+            twin.name, twin.output[0] = f"{node.name}.{j}", f"{node.output[0]}.{j}"
+            user.input[k] = twin.output[0]
+            order.append(twin)
+            copies += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    return copies
+
+
+def _weight_reader(graph, through: tuple[str, ...]):
+    """A test of whether a value comes from an initializer (or a Constant) through nodes of the
+    ``through`` types, each followed by its first input."""
+    producer = {out: node for node in graph.node for out in node.output}
+    weights = {init.name for init in graph.initializer}
+
+    def reads_weight(name: str) -> bool:
+        node = producer.get(name)
+        while node is not None and node.op_type in through:
+            name = node.input[0]
+            node = producer.get(name)
+        return name in weights or (node is not None and node.op_type == "Constant")
+
+    return reads_weight
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes that read no initializer (through Transpose/Reshape): the
+    products of two activations, a ViT's q·k and attention·v."""
+    graph = onnx.load(str(path)).graph
+    from_weight = _weight_reader(graph, ("Transpose", "Reshape", "Cast"))
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and not any(from_weight(i) for i in n.input[:2])
+    ]
+
+
 def quantized_counts(path: Path) -> tuple[int, int]:
     """(quantized Conv/Gemm/MatMul with a weight, quantized activation-activation MatMuls) in
     a QDQ model: a node counts when every float input it reads comes out of DequantizeLinear."""
     graph = onnx.load(str(path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    weights = {init.name for init in graph.initializer}
-
-    def from_weight(name: str) -> bool:
-        node = producer.get(name)
-        while node is not None and node.op_type in ("DequantizeLinear", "Transpose", "Reshape"):
-            if node.input[0] in weights:
-                return True
-            node = producer.get(node.input[0])
-        return name in weights
+    from_weight = _weight_reader(graph, ("DequantizeLinear", "Transpose", "Reshape"))
 
     def dequantized(name: str) -> bool:
         return name in producer and producer[name].op_type == "DequantizeLinear"
@@ -117,6 +166,8 @@ def quantize(
         if recipe != "default":
             quant_pre_process(str(float_path), str(pre_path))
             float_path = pre_path
+        noattn = recipe.endswith("-noattn")
+        exclude = activation_matmuls(float_path) if noattn else []
         quantize_static(
             str(float_path),
             str(q_path),
@@ -126,11 +177,14 @@ def quantize(
             weight_type=QuantType.QInt8,
             per_channel=recipe != "default",
             calibrate_method=_METHODS[recipe],
+            nodes_to_exclude=exclude,
+            op_types_to_quantize=list(_COMPUTE_OPS) if noattn else None,
         )
         layers, matmuls = quantized_counts(q_path)
         # eaq's sessions take onnxruntime's exact integer kernels on x86 CPUs without VNNI,
-        # which cannot load a QDQ graph that shares an initializer between nodes
+        # which cannot load a QDQ graph where nodes share a DequantizeLinear or an initializer
         proto = onnx.load(str(q_path))
+        dedicated = dedicate_dequantize_(proto)
         unshared = unshare_initializers_(proto)
         onnx.save(proto, str(q_path))
         session = eaq.OnnxModel(q_path, threads=torch.get_num_threads())
@@ -138,8 +192,9 @@ def quantize(
         "quantized_layers": layers,
         "attention_matmuls": matmuls > 0,
         "first_last": "8-bit (every layer is 8-bit)",
-        "workaround": f"{unshared} shared initializers copied per use (exact kernels without VNNI)"
-        if unshared
+        "workaround": f"{dedicated} DequantizeLinear nodes and {unshared} initializers copied "
+        "per consumer (exact kernels without VNNI)"
+        if dedicated or unshared
         else "",
     }
     return session, info
