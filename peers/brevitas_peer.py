@@ -15,7 +15,11 @@ import copy
 import torch
 from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
 from brevitas.graph.gptq import gptq_mode
+from brevitas_examples.imagenet_classification.ptq.learned_round_utils import (
+    apply_learned_round,
+)
 from brevitas_examples.imagenet_classification.ptq.ptq_common import quantize_model
+from brevitas_examples.imagenet_classification.ptq.ptq_imagenet_args import create_args_parser
 from torch import nn
 
 from common import Batches, Width, first_last
@@ -27,6 +31,8 @@ RECIPES = {
     "activations, int32 bias; activation calibration only",
     "gptq-bc": "the default quantizers, then GPTQ (act_order) and bias correction, the order "
     "of Brevitas's PTQ example",
+    "learned-round-bc": "the default quantizers, then learned rounding (AdaRound's hard "
+    "sigmoid, the PTQ example's defaults: layerwise, 1000 iterations) and bias correction",
 }
 
 
@@ -86,6 +92,11 @@ def quantize(
                     gptq.update()
             with bias_correction_mode(quantized):
                 _run(quantized, calib)
+    if recipe == "learned-round-bc":
+        args = create_args_parser().parse_args(["--learned-round", "hard_sigmoid"])
+        apply_learned_round(model=quantized, calibration_loader=calib, args=args)
+        with torch.no_grad(), bias_correction_mode(quantized):
+            _run(quantized, calib)
     layers = sum(
         1 for m in quantized.modules() if type(m).__name__ in ("QuantConv2d", "QuantLinear")
     )
