@@ -71,8 +71,6 @@ def quantize(
     model: nn.Module, calib_batches: Batches, width: Width, recipe: str
 ) -> tuple[nn.Module, dict]:
     """Quantize layerwise, fix the last layer at 8 bits, calibrate, then ``recipe``'s steps."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown brevitas recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     calib = list(calib_batches)
     names = first_last(model)
     quantized = _quantize_layers(copy.deepcopy(model), width)

@@ -3,7 +3,8 @@
 A peer module (``peers/<peer>_peer.py``) defines ``PEER`` (its name on the command line),
 ``PACKAGE`` (the distribution whose version is recorded), ``RECIPES`` (recipe name -> one line),
 ``unsupported(width, recipe, family) -> str | None`` (why a cell cannot run, or None) and
-``quantize(model, calib_batches, width, recipe) -> (model_or_callable, info)``. ``info`` holds
+``quantize(model, calib_batches, width, recipe) -> (model_or_callable, info)`` (the harness
+passes only names of ``RECIPES``). ``info`` holds
 ``quantized_layers`` (int), ``attention_matmuls`` (bool, or None for a CNN), ``first_last``
 (how the first and last layers were kept at 8 bits, or why not) and ``workaround`` (text, or
 "").

@@ -109,6 +109,8 @@ def empty_row(data: ModelData) -> dict:
 def run_cell(data: ModelData, width: Width, peer: ModuleType, recipe: str) -> dict:
     """Quantize a copy of the model with one peer recipe and measure it; the row's fields
     other than the cell's key."""
+    if recipe not in peer.RECIPES:
+        raise ValueError(f"unknown {peer.PEER} recipe {recipe!r}; valid: {', '.join(peer.RECIPES)}")
     row = empty_row(data) | {"peer_version": peer_version(peer)}
     reason = peer.unsupported(width, recipe, data.family)
     if reason:
