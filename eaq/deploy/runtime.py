@@ -66,15 +66,15 @@ def session(path: str | Path, *, threads: int | None = None):
     path = Path(path)
     if not path.is_file():
         raise EaqError(f"ONNX file not found: {path}; write one with `eaq export DIR --onnx FILE`")
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
     use_exact_kernels = not integer_kernels_exact()
-    if use_exact_kernels:  # no VNNI: the default 8-bit kernels can saturate; take the exact ones
-        options.add_session_config_entry("session.x64quantprecision", "1")
 
-    def load():
+    def load(exact: bool):
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        if exact:  # no VNNI: the default 8-bit kernels can saturate; take the exact ones
+            options.add_session_config_entry("session.x64quantprecision", "1")
         return ort.InferenceSession(
             str(path),
             options,
@@ -86,7 +86,7 @@ def session(path: str | Path, *, threads: int | None = None):
 
     try:
         try:
-            return load()
+            return load(use_exact_kernels)
         except Exception as e:
             if not (use_exact_kernels and "replace the existing tensor" in str(e)):
                 raise
@@ -98,11 +98,7 @@ def session(path: str | Path, *, threads: int | None = None):
                 "kernels, which can saturate on this CPU. Export it again with `eaq export` "
                 "for exact results"
             )
-            options = ort.SessionOptions()
-            if threads is not None:
-                options.intra_op_num_threads = threads
-            options.log_severity_level = 3
-            return load()
+            return load(False)
     except Exception as e:  # onnxruntime raises its own types for unreadable files
         text = " ".join(str(e).split())[:300]
         raise EaqError(f"onnxruntime cannot load {path}: {text}") from None
