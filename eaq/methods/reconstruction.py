@@ -8,10 +8,9 @@ through the straight-through rounding). QDrop ("QDrop: Randomly Dropping Quantiz
 Extremely Low-bit Post-Training Quantization", arXiv:2203.05740) additionally, during
 reconstruction only, keeps each activation element in float with probability 0.5.
 
-Units, in module order (:func:`reconstruction_units`): every residual block (:data:`BLOCK_TYPES`:
-eaq's ``BasicBlockA``, torchvision's ``BasicBlock`` / ``Bottleneck`` / MobileNetV2's
-``InvertedResidual``, timm's ViT ``Block``) and,
-as single layers, every quantized conv/linear outside a block (the stem and the head).
+Units, in module order (:func:`reconstruction_units`): every residual block
+(:data:`eaq.models.blocks.BLOCK_TYPES`) and, as single layers, every quantized conv/linear
+outside a block (the stem and the head).
 
 Per unit: the **target** is the float unit's output on the float model's input to it; the
 **input** is what the quantized model feeds it (every earlier unit already reconstructed). The
@@ -57,7 +56,7 @@ from eaq.methods.adaround import (
     rtn_error,
 )
 from eaq.methods.registry import Batches, register_method
-from eaq.models import BasicBlockA
+from eaq.models.blocks import BLOCK_TYPES
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary
 from eaq.plan import Plan
 from eaq.quant import NonUniformQuantizer, Quantizer
@@ -65,7 +64,6 @@ from eaq.quant import NonUniformQuantizer, Quantizer
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BLOCK_TYPES",
     "ReconActQuantizer",
     "ReconstructionConfig",
     "keep_mask",
@@ -76,28 +74,6 @@ __all__ = [
     "brecq",
     "qdrop",
 ]
-
-
-def _block_types() -> tuple[type[nn.Module], ...]:
-    types: list[type[nn.Module]] = [BasicBlockA]
-    try:
-        from torchvision.models.mobilenetv2 import InvertedResidual
-        from torchvision.models.resnet import BasicBlock, Bottleneck
-
-        types += [BasicBlock, Bottleneck, InvertedResidual]
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        pass
-    try:
-        from timm.models.vision_transformer import Block
-
-        types.append(Block)
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
-    return tuple(types)
-
-
-BLOCK_TYPES: tuple[type[nn.Module], ...] = _block_types()
-"""Modules reconstructed as one unit."""
 
 
 @dataclass(frozen=True)
@@ -238,8 +214,9 @@ def _act_quantizers(unit: nn.Module) -> list[tuple[str, Quantizer]]:
 def reconstruction_units(model: nn.Module) -> list[str]:
     """Names of the units to reconstruct, in module order: blocks, then loose quantized layers.
 
-    A block (:data:`BLOCK_TYPES`) is a unit if it holds any quantizer; a quantized conv/linear
-    outside every block is a unit of its own. Blocks nested in blocks are part of the outer one.
+    A block (:data:`~eaq.models.blocks.BLOCK_TYPES`) is a unit if it holds any quantizer; a
+    quantized conv/linear outside every block is a unit of its own. Blocks nested in blocks are
+    part of the outer one.
     """
     units: list[str] = []
     inside: list[str] = []

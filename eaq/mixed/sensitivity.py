@@ -16,7 +16,9 @@ Three measures:
 ``kl``
     ``KL(softmax(z_full) || softmax(z_quant))`` of the logits with only layer ``l`` quantized at
     ``c`` (everything else float): one model pass per layer and candidate, so use it on a few
-    calibration images.
+    calibration images. Each pass starts at the layer's residual block: the float outputs of
+    the blocks before it are recorded once and replayed (:class:`~eaq.nn.hooks.PrefixReplay`),
+    which halves the cost on a ResNet or ViT and changes no value.
 ``nuclear`` (feature diversity, Liu et al., "Post-Training Quantization for Vision
 Transformer", NeurIPS 2021, Sec. 3.4)
     The layer's quantization error weighted by the nuclear norm (sum of singular values) of its
@@ -57,8 +59,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from eaq.errors import EaqError, choices_hint
+from eaq.models.blocks import outer_blocks
 from eaq.nn import quantizable_layers, quantize_
-from eaq.nn.hooks import hooks_on, layer_calls
+from eaq.nn.hooks import PrefixReplay, hooks_on, layer_calls
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer, calibration
 
@@ -346,8 +349,12 @@ def _bar(items, progress: bool, desc: str):
 def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
     work = _explicit_copy(model)
     refs = quantizable_layers(work)
-    ref_logp = [F.log_softmax(work(images).double(), dim=1) for images, _ in calib]
-    n_images = sum(images.shape[0] for images, _ in calib)
+    images = [x for x, _ in calib]
+    # one float pass records the logits and every block's output: a pass with one layer
+    # quantized replays the blocks that end before that layer instead of computing them
+    replay = PrefixReplay.record(work, outer_blocks(work), images)
+    ref_logp = [F.log_softmax(z.double(), dim=1) for z in replay.model_outputs]
+    n_images = sum(x.shape[0] for x in images)
     if n_images == 0:
         raise EaqError("the calibration set is empty")
     values = np.zeros((len(refs), len(candidates)))
@@ -359,19 +366,20 @@ def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
         cfg = replace(base, w_bits=w, a_bits=a)
         single = copy.deepcopy(model).eval()
         quantize_(single, Plan(default=None, rules=((ref.name, cfg),), first_last_8bit=False))
-        if layer_inputs[0] != i:  # the layer's float inputs, shared by its candidates
-            # only this layer is quantized, so its inputs are the float model's: calibrating it
-            # on them equals calibrating the whole model
-            calls = layer_calls(single, ref.name, (images for images, _ in calib))
-            layer_inputs = (i, [args for args, _ in calls])
-        layer = single.get_submodule(ref.name)
-        with torch.no_grad(), calibration(layer):  # as calibrate_(single) would, one layer
-            for args in layer_inputs[1]:
-                layer(*args)
-        kl = 0.0
-        for (images, _), lp in zip(calib, ref_logp, strict=True):
-            lq = F.log_softmax(single(images).double(), dim=1)
-            kl += float((lp.exp() * (lp - lq)).sum())
+        with replay.skipping(single, ref.name):
+            if layer_inputs[0] != i:  # the layer's float inputs, shared by its candidates
+                # only this layer is quantized, so its inputs are the float model's:
+                # calibrating it on them equals calibrating the whole model
+                layer_inputs = (i, [args for args, _ in layer_calls(single, ref.name, images)])
+            layer = single.get_submodule(ref.name)
+            with torch.no_grad(), calibration(layer):  # as calibrate_(single) would, one layer
+                for args in layer_inputs[1]:
+                    layer(*args)
+            kl = 0.0
+            with torch.no_grad():
+                for x, lp in zip(images, ref_logp, strict=True):
+                    lq = F.log_softmax(single(x).double(), dim=1)
+                    kl += float((lp.exp() * (lp - lq)).sum())
         values[i, j] = kl / n_images
     return Sensitivity(
         names=tuple(r.name for r in refs),

@@ -81,3 +81,102 @@ def layer_calls(
     if len(calls) != n_batches:
         raise EaqError(f"the forward pass never reached layer {name}")
     return calls
+
+
+class PrefixReplay:
+    """Skip the float prefix of a pass by replaying the recorded outputs of whole blocks.
+
+    :meth:`record` runs a float model once over a list of input batches and keeps, for each
+    named block, its output on each batch, and the order in which blocks end and modules start.
+    Then, inside ``with replay.skipping(copy, name):``, every recorded block of ``copy`` that
+    ended before module ``name`` first started returns its recorded output (a copy) instead of
+    computing it. Passes of ``copy`` over the same batches, in the same order, then cost only
+    the modules from ``name`` on (and the cheap operations between blocks). The result is exact
+    when ``copy`` computes what the recorded model did before ``name``: a copy of it in which
+    only ``name`` and what follows may differ, as in a sensitivity with one layer quantized.
+
+    A block that returns something other than a tensor, or runs more than once a pass, is not
+    replayed.
+    """
+
+    def __init__(self, outputs: dict, ended: dict, started: dict, model_outputs: list) -> None:
+        self.block_outputs: dict[str, list[torch.Tensor]] = outputs
+        self.ended: dict[str, int] = ended
+        self.started: dict[str, int] = started
+        self.model_outputs: list = model_outputs  # the recording pass's model outputs
+
+    @classmethod
+    @torch.no_grad()
+    def record(cls, model: nn.Module, blocks: Iterable[str], batches: list) -> PrefixReplay:
+        """Run ``model`` on each tensor of ``batches`` once; record what replaying needs."""
+        blocks = list(blocks)
+        outputs: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+        calls: dict[str, int] = dict.fromkeys(blocks, 0)
+        ended: dict[str, int] = {}
+        started: dict[str, int] = {}
+        clock = [0]
+
+        def pre(name):
+            def hook(_m, _args):
+                if name not in started:
+                    started[name] = clock[0]
+                    clock[0] += 1
+
+            return hook
+
+        def post(name):
+            def hook(_m, _args, out):
+                calls[name] += 1
+                outputs[name].append(out.clone() if torch.is_tensor(out) else None)
+                if name not in ended:
+                    ended[name] = clock[0]
+                    clock[0] += 1
+
+            return hook
+
+        pairs = [(m, pre(n)) for n, m in model.named_modules() if n]
+        with hooks_on(pairs, pre=True), hooks_on((model.get_submodule(b), post(b)) for b in blocks):
+            model_outputs = [model(x) for x in batches]
+        n = len(batches)
+        kept = {
+            b: outs
+            for b, outs in outputs.items()
+            if calls[b] == n and all(o is not None for o in outs)
+        }
+        return cls(kept, {b: ended[b] for b in kept}, started, model_outputs)
+
+    def blocks_before(self, name: str) -> list[str]:
+        """The recorded blocks that end before module ``name`` first starts."""
+        if name not in self.started:
+            raise EaqError(f"module {name} did not run in the recorded pass")
+        return [b for b, end in self.ended.items() if end < self.started[name]]
+
+    @contextlib.contextmanager
+    def skipping(self, model: nn.Module, name: str) -> Iterator[None]:
+        """Within the block, :meth:`blocks_before` ``name`` in ``model`` replay their outputs."""
+        patched: list[nn.Module] = []
+        try:
+            for b in self.blocks_before(name):
+                module = model.get_submodule(b)
+                module.forward = self._replayer(b)
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+    def _replayer(self, block: str) -> Callable:
+        outputs = self.block_outputs[block]
+        calls = [0]
+
+        def forward(x, *args, **kwargs):
+            out = outputs[calls[0] % len(outputs)]
+            calls[0] += 1
+            if x.shape[0] != out.shape[0]:
+                raise EaqError(
+                    f"block {block} replays a batch of {out.shape[0]} for an input of "
+                    f"{x.shape[0]}: pass the recorded batches in their order"
+                )
+            return out.clone()
+
+        return forward

@@ -64,3 +64,80 @@ def test_layer_calls_refuses_keyword_arguments():
 
     with pytest.raises(EaqError, match="layer a is called with keyword arguments"):
         layer_calls(Kw(), "a", [torch.randn(2, 4)])
+
+
+class _Counted(nn.Linear):
+    """A linear 'block' that counts the times it really computes (copies count on)."""
+
+    def forward(self, x):
+        self.computed += 1
+        return super().forward(x)
+
+
+class _Chain(nn.Module):
+    """Three residual blocks and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[_Counted(4, 4) for _ in range(3)])
+        self.head = nn.Linear(4, 2)
+        self.reset()
+
+    def reset(self):
+        for b in self.blocks:
+            b.computed = 0
+
+    def counts(self):
+        return [b.computed for b in self.blocks]
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + torch.tanh(b(x))
+        return self.head(x)
+
+
+def test_prefix_replay_skips_the_blocks_before_a_layer_and_changes_no_value():
+    import copy
+
+    from eaq.nn.hooks import PrefixReplay
+
+    torch.manual_seed(0)
+    net = _Chain().eval()
+    batches = [torch.randn(5, 4), torch.randn(3, 4)]
+    replay = PrefixReplay.record(net, ["blocks.0", "blocks.1", "blocks.2"], batches)
+    assert all(torch.equal(z, net(x)) for z, x in zip(replay.model_outputs, batches, strict=True))
+    assert replay.blocks_before("blocks.2") == ["blocks.0", "blocks.1"]
+    assert replay.blocks_before("head") == ["blocks.0", "blocks.1", "blocks.2"]
+    assert replay.blocks_before("blocks.0") == []
+    changed = copy.deepcopy(net)
+    with torch.no_grad():
+        changed.blocks[2].weight.mul_(2)  # only the block from which the pass starts differs
+        expected = [changed(x) for x in batches]
+        changed.reset()
+        with replay.skipping(changed, "blocks.2"):
+            for _ in range(2):  # the same batches again, in order
+                got = [changed(x) for x in batches]
+                assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert changed.counts() == [0, 0, 4]  # blocks 0 and 1 never ran
+    assert torch.equal(changed(batches[0]), expected[0]) and changed.counts()[0] == 1  # restored
+    with pytest.raises(EaqError, match="batch of 5 for an input of 3"):
+        with replay.skipping(changed, "head"):
+            changed(batches[1])
+    with pytest.raises(EaqError, match="did not run"):
+        replay.blocks_before("nothing")
+
+
+def test_prefix_replay_leaves_out_a_block_that_runs_twice():
+    from eaq.nn.hooks import PrefixReplay
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.block(self.block(x)))
+
+    replay = PrefixReplay.record(Twice().eval(), ["block"], [torch.randn(2, 4)])
+    assert replay.blocks_before("head") == []
