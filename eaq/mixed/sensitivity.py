@@ -60,7 +60,7 @@ from torch import nn
 
 from eaq.errors import EaqError, choices_hint
 from eaq.models.blocks import outer_blocks
-from eaq.nn import quantizable_layers, quantize_
+from eaq.nn import check_plan, input_roles, quantizable_layers, quantize_, quantized_layer
 from eaq.nn.hooks import PrefixReplay, hooks_on, layer_calls
 from eaq.plan import LayerConfig, Plan
 from eaq.quant import Quantizer, calibration
@@ -359,27 +359,35 @@ def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
         raise EaqError("the calibration set is empty")
     values = np.zeros((len(refs), len(candidates)))
     jobs = [(i, j) for i in range(len(refs)) for j in range(len(candidates))]
+    roles = input_roles(model)
     layer_inputs: tuple[int, list] = (-1, [])
     for i, j in _bar(jobs, progress, "sensitivity (kl)"):
         ref = refs[i]
         w, a = candidates[j]
-        cfg = replace(base, w_bits=w, a_bits=a)
-        single = copy.deepcopy(model).eval()
-        quantize_(single, Plan(default=None, rules=((ref.name, cfg),), first_last_8bit=False))
-        with replay.skipping(single, ref.name):
-            if layer_inputs[0] != i:  # the layer's float inputs, shared by its candidates
-                # only this layer is quantized, so its inputs are the float model's:
-                # calibrating it on them equals calibrating the whole model
-                layer_inputs = (i, [args for args, _ in layer_calls(single, ref.name, images)])
-            layer = single.get_submodule(ref.name)
-            with torch.no_grad(), calibration(layer):  # as calibrate_(single) would, one layer
-                for args in layer_inputs[1]:
-                    layer(*args)
-            kl = 0.0
-            with torch.no_grad():
-                for x, lp in zip(images, ref_logp, strict=True):
-                    lq = F.log_softmax(single(x).double(), dim=1)
-                    kl += float((lp.exp() * (lp - lq)).sum())
+        one = Plan(default=None, rules=((ref.name, replace(base, w_bits=w, a_bits=a)),))
+        cfg = check_plan(model, replace(one, first_last_8bit=False))[ref.name]
+        # the float copy with this one layer swapped for its quantized twin, as quantize_
+        # would make it from the plan `one`; the float layer goes back afterwards
+        float_layer = work.get_submodule(ref.name)
+        layer = quantized_layer(float_layer, cfg, roles.get(ref.name))
+        work.set_submodule(ref.name, layer)
+        try:
+            with replay.skipping(work, ref.name):
+                if layer_inputs[0] != i:  # the layer's float inputs, shared by its candidates
+                    # only this layer is quantized, so its inputs are the float model's:
+                    # calibrating it on them equals calibrating the whole model
+                    calls = layer_calls(work, ref.name, images)
+                    layer_inputs = (i, [args for args, _ in calls])
+                with torch.no_grad(), calibration(layer):  # as calibrate_ would, one layer
+                    for args in layer_inputs[1]:
+                        layer(*args)
+                kl = 0.0
+                with torch.no_grad():
+                    for x, lp in zip(images, ref_logp, strict=True):
+                        lq = F.log_softmax(work(x).double(), dim=1)
+                        kl += float((lp.exp() * (lp - lq)).sum())
+        finally:
+            work.set_submodule(ref.name, float_layer)
         values[i, j] = kl / n_images
     return Sensitivity(
         names=tuple(r.name for r in refs),

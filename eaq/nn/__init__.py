@@ -16,6 +16,7 @@ from eaq.nn.surgery import (
     open_outputs,
     quantizable_layers,
     quantize_,
+    quantized_layer,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "open_outputs",
     "quantizable_layers",
     "quantize_",
+    "quantized_layer",
 ]

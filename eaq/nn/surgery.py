@@ -313,6 +313,19 @@ def check_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig | None]:
     return resolved
 
 
+def quantized_layer(module: nn.Module, cfg: LayerConfig, role: str | None = None) -> nn.Module:
+    """The quantized twin of one float layer at ``cfg``, sharing its parameters: what
+    :func:`quantize_` puts in its place (no output quantizer). ``role`` is the layer's input
+    role (:func:`input_roles`). A :class:`QuantMatMul` (an explicit attention matmul) gives a
+    new matmul of the same role with both inputs quantized at ``cfg``'s activation width."""
+    if isinstance(module, QuantMatMul):
+        return QuantMatMul(cfg if cfg.a_bits is not None else None, a_role=module.a_role)
+    twin = _twin(module)
+    if twin is None:
+        raise EaqError(f"eaq cannot quantize a {type(module).__name__}")
+    return twin.from_float(module, cfg, role)
+
+
 def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
     """Apply ``plan`` to a float ``model`` in place and return what was quantized.
 
@@ -334,7 +347,7 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
         if isinstance(module, QuantMatMul):
             module.configure(cfg if cfg is not None and cfg.a_bits is not None else None)
         elif cfg is not None and (cfg.w_bits is not None or cfg.a_bits is not None):
-            quant = _twin(module).from_float(module, cfg, roles.get(ref.name))
+            quant = quantized_layer(module, cfg, roles.get(ref.name))
             if ref.name in outputs and cfg.a_bits is not None:
                 quant.output_quantizer = make_quantizer(cfg.act_spec())
             model.set_submodule(ref.name, quant)
