@@ -5,8 +5,13 @@ calibrate the model on ``--calib`` images (random weights and images: the time d
 on them), and the ratio to plain ``ptq``. A method may carry options after a colon, e.g.
 ``ranking:search_steps=20,rounds=1``. Not a test.
 
+With ``--studies``, nothing is run: the calibration seconds that finished studies stored with
+each row (the real checkpoints and training images on the machine that ran them) are
+summarised per model, configuration and method, over the seeds (mean, min, max).
+
     python benchmarks/calibration_time.py [--models M ...] [--methods SPEC ...] [--calib 64]
         [--w-bits 4] [--a-bits 4] [--json]
+    python benchmarks/calibration_time.py --studies runs/ptq-targets-cifar100 results/X.json
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import yaml
 
+from eaq.errors import EaqError
 from eaq.methods import check_method_options, quantize_model_
 from eaq.models import create_model, get_model_info
 from eaq.plan import Plan
@@ -64,7 +73,48 @@ def bench(model_name: str, specs: list[str], n: int, w_bits: int, a_bits: int) -
     return rows
 
 
-def main() -> None:
+def stored_rows(path: Path) -> list[dict]:
+    """The result rows of a study folder or of a rows file (``eaq tables`` writes them)."""
+    from eaq.study import Store
+
+    if path.is_dir():
+        with Store.open_folder(path) as store:
+            return store.results()
+    if path.suffix == ".json" and path.is_file():
+        return json.loads(path.read_text())["rows"]
+    raise EaqError(f"{path}: not a study folder or a results .json file")
+
+
+def from_studies(paths: list[Path]) -> list[dict]:
+    """Calibration seconds per (model, config, method) over the stored rows' seeds."""
+    from eaq.study.report import method_label
+
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        for r in stored_rows(path):
+            if r["method"] == "none":
+                continue
+            key = (r["model"], r["config"], method_label(r), r["calib_size"])
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (model, config, method, n), rows in sorted(groups.items()):
+        secs = [r["calib_seconds"] for r in rows]
+        out.append(
+            {
+                "model": model,
+                "config": config,
+                "method": method,
+                "calib_images": n,
+                "seeds": len(rows),
+                "seconds": statistics.fmean(secs),
+                "min_seconds": min(secs),
+                "max_seconds": max(secs),
+            }
+        )
+    return out
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20_cifar", "deit_tiny_cifar"])
     p.add_argument(
@@ -76,13 +126,49 @@ def main() -> None:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="summarise the calibration time stored by finished studies (folders or results "
+        "files) instead of running anything",
+    )
     args = p.parse_args()
+    if args.studies:
+        try:
+            rows = from_studies(args.studies)
+        except EaqError as e:
+            print(f"calibration_time: error: {e}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(
+            format_table(
+                ["model", "config", "method", "images", "seeds", "mean s", "min s", "max s"],
+                [
+                    (
+                        r["model"],
+                        r["config"],
+                        r["method"],
+                        r["calib_images"],
+                        r["seeds"],
+                        round(r["seconds"], 1),
+                        round(r["min_seconds"], 1),
+                        round(r["max_seconds"], 1),
+                    )
+                    for r in rows
+                ],
+            )
+        )
+        return 0
     rows = [
         r for m in args.models for r in bench(m, args.methods, args.calib, args.w_bits, args.a_bits)
     ]
     if args.json:
         print(json.dumps(rows, indent=1))
-        return
+        return 0
     print(
         format_table(
             ["model", "method", "images", "seconds", "x ptq"],
@@ -98,7 +184,8 @@ def main() -> None:
             ],
         )
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
