@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eaq.errors import EaqError
 from eaq.evaluate import EvalResult, evaluate
-from eaq.methods import check_method_options, quantize_model_
+from eaq.methods import check_method_options, plain_ptq_, quantize_model_
 from eaq.nn import QuantSummary
 from eaq.plan import Plan
+from eaq.quant import ObserverCache
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -59,6 +61,7 @@ def quantize_and_evaluate(
     onnx_input_shape: tuple[int, int, int] | None = None,
     desc: str = "quantized",
     progress: bool = True,
+    observers: ObserverCache | None = None,
 ) -> PipelineResult:
     """Quantize a copy of ``float_model`` with ``plan`` and ``method`` and measure it.
 
@@ -73,12 +76,20 @@ def quantize_and_evaluate(
         onnx_input_shape: ``(C, H, W)`` to also export to ONNX (QDQ) and evaluate the export
             on onnxruntime; None to skip that.
         desc, progress: the evaluation's progress bar.
+        observers: with method ``ptq``, calibration passes of earlier plans of this float
+            model on these ``calib`` batches to reuse (:class:`~eaq.quant.ObserverCache`;
+            the same values, faster); an error with another method.
     """
     options = check_method_options(method, method_options)
+    if observers is not None and method != "ptq":
+        raise EaqError(f"reusing calibration passes is for method 'ptq', not {method!r}")
     torch.manual_seed(seed)
     model = copy.deepcopy(float_model)
     t0 = time.perf_counter()
-    summary = quantize_model_(model, plan, calib, method, options)
+    if observers is None:
+        summary = quantize_model_(model, plan, calib, method, options)
+    else:
+        summary = plain_ptq_(model, plan, calib, observers)
     calib_seconds = time.perf_counter() - t0
     result = evaluate(model, test, desc=desc, progress=progress)
     onnx = None

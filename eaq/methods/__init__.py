@@ -23,6 +23,7 @@ from eaq.methods.registry import (
     list_methods,
     method_chain,
     method_names,
+    plain_ptq_,
     quantize_model_,
     register_method,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "method_names",
+    "plain_ptq_",
     "quantize_model_",
     "register_method",
 ]

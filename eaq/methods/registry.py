@@ -17,6 +17,7 @@ from torch import nn
 from eaq.errors import EaqError, choices_hint, like_default
 from eaq.nn import QuantSummary, calibrate_, quantize_
 from eaq.plan import Plan
+from eaq.quant import ObserverCache
 from eaq.registry import Registry
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -168,10 +169,19 @@ def check_method_plan(name: str, plan: Plan) -> None:
             )
 
 
+def plain_ptq_(
+    model: nn.Module, plan: Plan, calib: Batches, observers: ObserverCache | None = None
+) -> QuantSummary:
+    """Plain PTQ: apply ``plan`` and calibrate every quantizer on ``calib``. ``observers``
+    reuses the calibration passes of earlier plans of the same float model on the same
+    batches (:class:`~eaq.quant.ObserverCache`; the values are the same)."""
+    summary = quantize_(model, plan)
+    calibrate_(model, calib, cache=observers)
+    return summary
+
+
 @register_method(
     "ptq", "plain PTQ: observers calibrate each quantizer on float activations (the seed's)"
 )
-def _plain_ptq(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
-    summary = quantize_(model, plan)
-    calibrate_(model, calib)
-    return summary
+def _ptq(model: nn.Module, plan: Plan, calib: Batches) -> QuantSummary:
+    return plain_ptq_(model, plan, calib)

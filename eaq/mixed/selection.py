@@ -34,6 +34,7 @@ from torch import nn
 
 from eaq.errors import EaqError
 from eaq.plan import Plan
+from eaq.quant import ObserverCache
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,6 +55,8 @@ class PlanScorer:
         method: the PTQ method that quantizes each candidate (plain ``ptq``: cheap, and the
             choice is between widths, not methods).
         method_options: the method's options.
+        observers: with method ``ptq``, calibration passes to reuse
+            (:class:`~eaq.quant.ObserverCache` of ``model`` on ``calib``).
     """
 
     def __init__(
@@ -63,12 +66,16 @@ class PlanScorer:
         held_out: Batches,
         method: str = "ptq",
         method_options: dict | None = None,
+        observers: ObserverCache | None = None,
     ) -> None:
         self.model = model
         self.calib = calib
         self.held_out = held_out
         self.method = method
         self.method_options = dict(method_options or {})
+        if observers is not None and method != "ptq":
+            raise EaqError(f"reusing calibration passes is for method 'ptq', not {method!r}")
+        self.observers = observers
         self.n_images = sum(images.shape[0] for images, _ in held_out)
         if self.n_images == 0:
             raise EaqError("scoring plans needs held-out images; the set is empty")
@@ -84,12 +91,15 @@ class PlanScorer:
         return self._cache[key]
 
     def _measure(self, plan: Plan) -> float:
-        from eaq.methods import quantize_model_
+        from eaq.methods import plain_ptq_, quantize_model_
 
         self.calls += 1
         work = copy.deepcopy(self.model).eval()
-        with torch.enable_grad():  # some methods optimise
-            quantize_model_(work, plan, self.calib, self.method, self.method_options)
+        if self.observers is not None:
+            plain_ptq_(work, plan, self.calib, self.observers)
+        else:
+            with torch.enable_grad():  # some methods optimise
+                quantize_model_(work, plan, self.calib, self.method, self.method_options)
         kl = 0.0
         for lp, lq in zip(self.reference, _log_probs(work, self.held_out), strict=True):
             kl += float((lp.exp() * (lp - lq)).sum())

@@ -36,7 +36,13 @@ from eaq.nn.attention import (
 )
 from eaq.nn.layers import QuantConv2d, QuantConv2dSame, QuantLinear, QuantMatMul
 from eaq.plan import LayerConfig, LayerRef, Plan
-from eaq.quant import block_size, calibration, format_granularity, make_quantizer
+from eaq.quant import (
+    ObserverCache,
+    block_size,
+    calibration,
+    format_granularity,
+    make_quantizer,
+)
 
 LAYER_MAP: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
@@ -357,10 +363,22 @@ def quantize_(model: nn.Module, plan: Plan) -> QuantSummary:
     return QuantSummary(tuple(rows))
 
 
-def calibrate_(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> nn.Module:
-    """Calibrate every quantizer of ``model`` on ``batches`` of (images, labels)."""
+def calibrate_(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    cache: ObserverCache | None = None,
+) -> nn.Module:
+    """Calibrate every quantizer of ``model`` on ``batches`` of (images, labels).
+
+    With ``cache`` (for one float model and these batches; see
+    :class:`~eaq.quant.ObserverCache`): no pass when every quantizer's observer is there,
+    else a pass that adds its observers to it.
+    """
     model.eval()
-    with torch.no_grad(), calibration(model):
+    if cache is not None and cache.restore_(model):
+        return model
+    with torch.no_grad(), calibration(model, cache=cache):
         for images, _ in batches:
             model(images)
     return model

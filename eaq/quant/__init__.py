@@ -43,7 +43,7 @@ from eaq.quant.primitives import (
     quant_range,
     quantize,
 )
-from eaq.quant.quantizer import Quantizer, QuantSpec, calibration
+from eaq.quant.quantizer import ObserverCache, Quantizer, QuantSpec, calibration
 
 __all__ = [
     "MAX_BITS",
@@ -67,6 +67,7 @@ __all__ = [
     "block_view",
     "blocks_2d",
     "calibration",
+    "ObserverCache",
     "choose_qparams",
     "create_observer",
     "dequantize",

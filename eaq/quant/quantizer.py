@@ -12,6 +12,7 @@ never silently on a first forward pass::
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -32,7 +33,7 @@ from eaq.quant.granularity import (
 from eaq.quant.observers import Observer, create_observer, observer_names
 from eaq.quant.primitives import fake_quantize, quant_range
 
-__all__ = ["QuantSpec", "Quantizer", "calibration"]
+__all__ = ["ObserverCache", "QuantSpec", "Quantizer", "calibration"]
 
 
 @dataclass(frozen=True)
@@ -233,23 +234,72 @@ class Quantizer(nn.Module):
         return ", ".join(parts)
 
 
+class ObserverCache:
+    """The observers of calibration passes over one float model and one calibration set.
+
+    Plain PTQ calibrates every quantizer on the float activations (each quantizer passes its
+    input through), and an observer records values, not a bit width: the width is applied when
+    the quantizer finishes calibrating. So two plans for the same float model, calibrated on the
+    same batches, observe the same values wherever both place a quantizer of the same kind and
+    observer (a W8A8 and a W4A4 plan, say), and one pass serves both. :func:`calibration` with
+    ``cache=`` stores its observers here; :meth:`restore_` finishes a model's quantizers from
+    them when every one is found, with no pass (:func:`eaq.nn.calibrate_` does both). The
+    result is the same as a pass of its own, bit for bit.
+
+    Valid only for the float model and the batches of the passes that filled it: a method that
+    changes weights before calibrating (cle, smoothquant, repq) must not use it.
+    """
+
+    def __init__(self) -> None:
+        self._observers: dict[tuple, Observer] = {}
+        self.passes_saved = 0  # calibrations finished from the cache
+
+    @staticmethod
+    def _key(name: str, q: Quantizer) -> tuple:
+        spec = q.spec
+        return (name, type(q).__qualname__, spec.observer, format_granularity(spec.granularity))
+
+    def add(self, name: str, q: Quantizer) -> None:
+        """Keep a copy of ``q``'s observer (calibrating, after its pass) under path ``name``."""
+        self._observers[self._key(name, q)] = copy.deepcopy(q.observer)
+
+    def restore_(self, model: nn.Module) -> bool:
+        """Finish every enabled quantizer of ``model`` from the cache; False (nothing changed)
+        unless every one is found."""
+        quantizers = _enabled_quantizers(model)
+        found = [self._observers.get(self._key(name, q)) for name, q in quantizers]
+        if not quantizers or any(o is None for o in found):
+            return False
+        with torch.no_grad():
+            for (_, q), observer in zip(quantizers, found, strict=True):
+                q.observer, q.calibrating = copy.deepcopy(observer), True
+                q.finish_calibration()
+        self.passes_saved += 1
+        return True
+
+
+def _enabled_quantizers(model: nn.Module) -> list[tuple[str, Quantizer]]:
+    return [
+        (name or type(model).__name__, m)
+        for name, m in model.named_modules()
+        if isinstance(m, Quantizer) and m.enabled
+    ]
+
+
 @contextlib.contextmanager
-def calibration(model: nn.Module) -> Iterator[None]:
+def calibration(model: nn.Module, *, cache: ObserverCache | None = None) -> Iterator[None]:
     """Calibrate every enabled :class:`Quantizer` in ``model`` on the forward passes in the body.
 
     On entry each enabled quantizer gets a fresh observer and passes its input through unchanged;
-    on normal exit each computes its parameters. If the body raises, the quantizers return to
-    their previous state (previous parameters kept) and the exception propagates.
+    on normal exit each computes its parameters (first leaving a copy of its observer in
+    ``cache``, when given). If the body raises, the quantizers return to their previous state
+    (previous parameters kept) and the exception propagates.
 
     Raises:
         EaqError: If a quantizer saw no batch (names the module paths; the calibration set is
             empty or the model never reached them). No quantizer is changed in that case.
     """
-    quantizers = [
-        (name or type(model).__name__, m)
-        for name, m in model.named_modules()
-        if isinstance(m, Quantizer) and m.enabled
-    ]
+    quantizers = _enabled_quantizers(model)
     previous = [(m.calibrating, m.observer) for _, m in quantizers]
 
     def restore() -> None:
@@ -272,5 +322,7 @@ def calibration(model: nn.Module) -> Iterator[None]:
             "is empty or the forward pass never reached them"
         )
     with torch.no_grad():
-        for _, m in quantizers:
+        for name, m in quantizers:
+            if cache is not None:
+                cache.add(name, m)
             m.finish_calibration()

@@ -38,6 +38,7 @@ from eaq.nn import quantizable_layers
 from eaq.pipeline import quantize_and_evaluate
 from eaq.plan import LAYER_OPTIONS, Plan
 from eaq.provenance import provenance
+from eaq.quant import ObserverCache
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
 from eaq.study.executors import InProcessExecutor
 from eaq.study.store import Store
@@ -109,9 +110,15 @@ class _Model:
         self.layers = quantizable_layers(self.model)
         self.weights_file = weights_file(entry.name, entry.weights, root)
         self.fp32: EvalResult | None = None  # the FP32 row's evaluation, made once
+        self._observers: dict[tuple, ObserverCache] = {}
 
     def calib(self, n: int, seed: int, offset: int = 0):
         return calibration_batches(self.train, n=n, seed=seed, offset=offset, **self.norm)
+
+    def observers(self, n: int, seed: int) -> ObserverCache:
+        """The plain-PTQ calibration passes over :meth:`calib` ``(n, seed)``, shared by every
+        plan calibrated on those images (one pass per kind of quantizer settings)."""
+        return self._observers.setdefault((n, seed), ObserverCache())
 
 
 def check_study(cfg: StudyConfig, model: _Model) -> None:
@@ -312,7 +319,9 @@ def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress:
     def plan_loss(plan) -> float:
         if not scorer:
             held_out = m.calib(cfg.sensitivity.score_size, seed, offset=cfg.calib_size)
-            scorer.append(PlanScorer(m.model, m.calib(cfg.calib_size, seed), held_out))
+            calib = m.calib(cfg.calib_size, seed)
+            observers = m.observers(cfg.calib_size, seed)
+            scorer.append(PlanScorer(m.model, calib, held_out, observers=observers))
         return scorer[0](plan)
 
     jobs = []
@@ -373,6 +382,7 @@ def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False
             onnx_input_shape=(3, size, size) if job.onnx else None,
             desc=job.config,
             progress=progress,
+            observers=m.observers(cfg.calib_size, job.seed) if job.method == "ptq" else None,
         )
         result, calib_seconds, onnx = run.result, run.calib_seconds, run.onnx
     report = plan_energy(m.stats, job.plan, cfg.profile)
