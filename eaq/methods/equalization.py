@@ -260,6 +260,8 @@ def cle(
     scales = equalize_(model, pairs, rounds=rounds)
     absorbed = 0
     if absorb_bias:
-        absorbed = absorb_high_bias_(model, _relu_between(model, pairs), bn_stats, scales)
+        scale_of = dict(zip(pairs, scales, strict=True))
+        with_relu = _relu_between(model, pairs)
+        absorbed = absorb_high_bias_(model, with_relu, bn_stats, [scale_of[p] for p in with_relu])
     log.info(f"cle: {len(pairs)} pairs equalized, high bias absorbed in {absorbed}")
     return get_method(then).fn(model, plan, calib)

@@ -106,3 +106,25 @@ def test_cle_without_pairs_is_an_error():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(EaqError, match="no pair of convolutions"):
         quantize_model_(net, Plan.uniform(8, 8), [(torch.rand(2, 3, 8, 8), None)], "cle")
+
+
+def test_cle_absorbs_bias_where_a_pair_without_relu_comes_first(caplog):
+    """A linear bottleneck (conv -> BN -> conv, nothing between) before a ReLU pair, as in
+    MobileNetV2: each absorbed pair uses its own equalization scale, and the function holds."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4),
+        nn.Conv2d(4, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 5, 1), nn.Flatten(),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        net[3].weight.uniform_(0.01, 0.05)  # BN shift far above 3 x its scale: bias absorbed
+        net[3].bias.uniform_(1.0, 2.0)
+    x = torch.rand(16, 3, 4, 4)
+    with torch.no_grad():
+        want = net(x)
+    caplog.set_level("INFO", logger="eaq.methods.equalization")
+    quantize_model_(net, Plan.uniform(16, 16, first_last_8bit=False), [(x, None)], "cle")
+    assert "2 pairs equalized, high bias absorbed in 1" in caplog.text
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), want, rtol=1e-3, atol=1e-3)
