@@ -28,6 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("config", help="study YAML file (see studies/)")
     p.add_argument("--out", default=None, help="run folder (default runs/<study name>)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted study in --out")
+    p.add_argument(
+        "--from-rows",
+        default=None,
+        metavar="FILE",
+        help="start from the rows of this rows file of the same study (results/NAME.json, "
+        "written by `eaq tables --import`): only the rows missing from it are measured",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument(
         "--seeds",
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             say=None if bars else log,
             executor=executor,
             store_url=args.store,
+            from_rows=args.from_rows,
         )
     finally:
         executor.close()

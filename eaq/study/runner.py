@@ -42,6 +42,7 @@ from eaq.quant import ObserverCache
 from eaq.study.config import ConfigEntry, ModelEntry, StudyConfig
 from eaq.study.executors import InProcessExecutor
 from eaq.study.store import Store
+from eaq.study.tables import study_rows
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def run_study(
     say: Callable[[str], None] | None = None,
     executor=None,
     store_url: str | None = None,
+    from_rows: str | Path | None = None,
 ) -> RunSummary:
     """Run (or resume) ``cfg`` into the run folder ``out``; see the module docstring.
 
@@ -167,12 +169,16 @@ def run_study(
     :class:`RowJob` s first (:func:`resolve_jobs`), then ``executor`` measures them
     (:func:`execute_row`; default :class:`~eaq.study.executors.InProcessExecutor`, see
     :mod:`eaq.study.executors`) and this driver stores each: in ``out``'s SQLite file, or in
-    the PostgreSQL database at ``store_url``.
+    the PostgreSQL database at ``store_url``. ``from_rows``: a rows file of this same study
+    (``eaq tables --import`` writes one to results/), whose rows the store takes first, so
+    only the missing rows are measured (a study finished across machines or sessions).
 
     Raises:
-        EaqError: ``out`` holds a different study, or this one without ``resume``; bad options.
+        EaqError: ``out`` holds a different study, or this one without ``resume``; bad options;
+            ``from_rows`` is not a rows file of this study.
     """
     start, start_time = time.perf_counter(), time.time()
+    given = [] if from_rows is None else study_rows(from_rows, cfg.fingerprint())
     executor = executor or InProcessExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # study.json and the report live here
@@ -185,6 +191,10 @@ def run_study(
                 "another --out folder"
             )
         (out / "study.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        done = store.done_keys()
+        for row in given:
+            if (row["model"], row["config"], row["seed"]) not in done:
+                store.add_result(row)
         done = store.done_keys()
         n_before = len(done)
         per_seed = {e.name: sum(_n_plans(c) for c in cfg.configs_for(e.name)) for e in cfg.models}

@@ -66,15 +66,34 @@ def import_rows(folder: str | Path, dest: str | Path, *, store_url: str | None =
 
 
 def load_rows(path: str | Path) -> list[dict]:
+    return _load_rows_file(path)["rows"]
+
+
+def study_rows(path: str | Path, fingerprint: str) -> list[dict]:
+    """The rows of the rows file ``path``, checked to be those of the study ``fingerprint``."""
+    doc = _load_rows_file(path)
+    if doc.get("fingerprint") != fingerprint:
+        raise EaqError(
+            f"{path} holds the rows of another study (fingerprint {doc.get('fingerprint')}, "
+            f"this one {fingerprint}); the study file, --seeds and --limit must be those that "
+            "wrote it"
+        )
+    return doc["rows"]
+
+
+def _load_rows_file(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise EaqError(
             f"rows file not found: {p} (write it with `eaq tables --import STUDY_FOLDER`)"
         )
     try:
-        return json.loads(p.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
         raise EaqError(f"{p}: not a rows file written by `eaq tables --import` ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise EaqError(f"{p}: not a rows file written by `eaq tables --import` (no list 'rows')")
+    return doc
 
 
 @dataclass(frozen=True)

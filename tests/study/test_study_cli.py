@@ -243,6 +243,33 @@ def test_tables_import_a_study_and_write_its_table(ref_run, tmp_path, capsys):
     assert "is not a study folder" in capsys.readouterr().err
 
 
+def test_from_rows_measures_only_the_missing_rows(tiny, ref_run, tmp_path, data_root, capsys):
+    from eaq.study.tables import import_rows
+
+    rows_file = import_rows(ref_run, tmp_path / "tiny.json")
+    doc = json.loads(rows_file.read_text())
+    kept = [r for r in doc["rows"] if r["config"] in ("FP32", "W8A8")]
+    rows_file.write_text(json.dumps({**doc, "rows": kept}))
+    base = ["--limit", str(LIMIT), "--no-progress", "--data-root", str(data_root)]
+    out = tmp_path / "run"
+    assert main(["study", str(tiny), "--out", str(out), "--from-rows", str(rows_file), *base]) == 0
+    assert "5 rows written, 2 already done" in capsys.readouterr().err
+    assert _rows(out) == _rows(ref_run)
+    with Store.open_folder(out) as s:  # the given rows were taken as they were, not remeasured
+        created = {r["config"]: r["created"] for r in s.results()}
+    assert {c: created[c] for c in ("FP32", "W8A8")} == {r["config"]: r["created"] for r in kept}
+    # rows of another study (here: other --limit) or no rows file: exit 2, nothing made
+    other = ["--limit", "8", "--no-progress", "--data-root", str(data_root)]
+    cmd = ["study", str(tiny), "--out", str(tmp_path / "x"), "--from-rows", str(rows_file)]
+    assert main([*cmd, *other]) == 2
+    assert "holds the rows of another study" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[]")
+    cmd[-1] = str(tmp_path / "bad.json")
+    assert main([*cmd, *base]) == 2
+    assert "not a rows file" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     base = ["--limit", "16", "--no-progress", "--data-root", str(data_root)]
     bad = tmp_path / "bad.yaml"
