@@ -37,9 +37,13 @@ class PipelineResult:
         model: the quantized, calibrated model.
         summary: what was quantized, layer by layer.
         result: its top-1/top-5 on the test batches.
-        calib_seconds: the wall time of quantization and calibration (the method's cost).
+        calib_seconds: the wall time of quantization and calibration (the method's cost). A
+            model finished from a shared calibration pass (``shared_pass_seconds`` not None)
+            counts that pass's time, as it costs on its own, though it was not spent again.
         onnx: onnxruntime's accuracy of the exported model (``top1``, ``top5``, ``n_images``,
             ``seconds``, ``delta_top1_vs_eaq``), or None when not asked for.
+        shared_pass_seconds: the time of the shared pass included in ``calib_seconds`` (spent
+            by the plan that filled the :class:`~eaq.quant.ObserverCache`), or None.
     """
 
     model: nn.Module
@@ -47,6 +51,7 @@ class PipelineResult:
     result: EvalResult
     calib_seconds: float
     onnx: dict | None = None
+    shared_pass_seconds: float | None = None
 
 
 def quantize_and_evaluate(
@@ -86,16 +91,20 @@ def quantize_and_evaluate(
     torch.manual_seed(seed)
     model = copy.deepcopy(float_model)
     t0 = time.perf_counter()
+    shared = None
     if observers is None:
         summary = quantize_model_(model, plan, calib, method, options)
     else:
+        saved = observers.passes_saved
         summary = plain_ptq_(model, plan, calib, observers)
-    calib_seconds = time.perf_counter() - t0
+        if observers.passes_saved > saved:
+            shared = observers.restored_seconds
+    calib_seconds = time.perf_counter() - t0 + (shared or 0.0)
     result = evaluate(model, test, desc=desc, progress=progress)
     onnx = None
     if onnx_input_shape is not None:
         onnx = onnx_accuracy(model, test, result, onnx_input_shape, progress=progress)
-    return PipelineResult(model, summary, result, calib_seconds, onnx)
+    return PipelineResult(model, summary, result, calib_seconds, onnx, shared)
 
 
 def onnx_accuracy(

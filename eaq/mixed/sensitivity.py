@@ -350,13 +350,13 @@ def _kl_sensitivity(model, calib, candidates, base, progress) -> Sensitivity:
     work = _explicit_copy(model)
     refs = quantizable_layers(work)
     images = [x for x, _ in calib]
+    n_images = sum(x.shape[0] for x in images)
+    if n_images == 0:
+        raise EaqError("the calibration set is empty")
     # one float pass records the logits and every block's output: a pass with one layer
     # quantized replays the blocks that end before that layer instead of computing them
     replay = PrefixReplay.record(work, outer_blocks(work), images)
     ref_logp = [F.log_softmax(z.double(), dim=1) for z in replay.model_outputs]
-    n_images = sum(x.shape[0] for x in images)
-    if n_images == 0:
-        raise EaqError("the calibration set is empty")
     values = np.zeros((len(refs), len(candidates)))
     jobs = [(i, j) for i in range(len(refs)) for j in range(len(candidates))]
     roles = input_roles(model)

@@ -1,9 +1,12 @@
-"""Temporary forward hooks: the one way eaq looks inside a model during a pass.
+"""Temporary forward hooks, and replayed block outputs: how eaq looks inside a model during a
+pass.
 
 Calibration-time statistics (bias correction, SmoothQuant, GPTQ, sensitivity, AdaRound) all
 register hooks for one or more passes over calibration data and must remove them afterwards,
 also when a pass fails; :func:`hooks_on` does that. A hook that has what it needs can raise
 :class:`StopForward` to cut the pass short; :func:`forward_until_stopped` runs such a pass.
+:class:`PrefixReplay` replaces whole blocks' forwards for a while (restored afterwards) by
+their recorded float outputs.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
@@ -240,28 +241,38 @@ class ObserverCache:
     Plain PTQ calibrates every quantizer on the float activations (each quantizer passes its
     input through), and an observer records values, not a bit width: the width is applied when
     the quantizer finishes calibrating. So two plans for the same float model, calibrated on the
-    same batches, observe the same values wherever both place a quantizer of the same kind and
-    observer (a W8A8 and a W4A4 plan, say), and one pass serves both. :func:`calibration` with
-    ``cache=`` stores its observers here; :meth:`restore_` finishes a model's quantizers from
-    them when every one is found, with no pass (:func:`eaq.nn.calibrate_` does both). The
-    result is the same as a pass of its own, bit for bit.
+    same batches, observe the same values wherever both place a quantizer of the same class,
+    observer and granularity at the same module path (a W8A8 and a W4A4 plan, say), and one
+    pass serves both. :func:`calibration` with ``cache=`` stores its observers here;
+    :meth:`restore_` finishes a model's quantizers from them when every one is found, with no
+    pass (:func:`eaq.nn.calibrate_` does both). The result is the same as a pass of its own,
+    bit for bit.
 
-    Valid only for the float model and the batches of the passes that filled it: a method that
-    changes weights before calibrating (cle, smoothquant, repq) must not use it.
+    Valid only for one root model (paths are relative to it), the float weights and the batches
+    of the passes that filled it: a method that changes weights before calibrating (cle,
+    smoothquant, repq) must not use it.
+
+    Attributes:
+        passes_saved: calibrations finished from the cache.
+        restored_seconds: the wall time of the pass whose observers the last :meth:`restore_`
+            used (the longest, if several passes filled them): what that calibration costs
+            on its own.
     """
 
     def __init__(self) -> None:
-        self._observers: dict[tuple, Observer] = {}
-        self.passes_saved = 0  # calibrations finished from the cache
+        self._observers: dict[tuple, tuple[Observer, float]] = {}
+        self.passes_saved = 0
+        self.restored_seconds = 0.0
 
     @staticmethod
     def _key(name: str, q: Quantizer) -> tuple:
         spec = q.spec
-        return (name, type(q).__qualname__, spec.observer, format_granularity(spec.granularity))
+        return (name, type(q), spec.observer, format_granularity(spec.granularity))
 
-    def add(self, name: str, q: Quantizer) -> None:
-        """Keep a copy of ``q``'s observer (calibrating, after its pass) under path ``name``."""
-        self._observers[self._key(name, q)] = copy.deepcopy(q.observer)
+    def add(self, name: str, q: Quantizer, seconds: float) -> None:
+        """Keep a copy of ``q``'s observer (calibrating, after its pass of ``seconds``) under
+        path ``name``."""
+        self._observers[self._key(name, q)] = (copy.deepcopy(q.observer), seconds)
 
     def restore_(self, model: nn.Module) -> bool:
         """Finish every enabled quantizer of ``model`` from the cache; False (nothing changed)
@@ -271,10 +282,11 @@ class ObserverCache:
         if not quantizers or any(o is None for o in found):
             return False
         with torch.no_grad():
-            for (_, q), observer in zip(quantizers, found, strict=True):
+            for (_, q), (observer, _) in zip(quantizers, found, strict=True):
                 q.observer, q.calibrating = copy.deepcopy(observer), True
                 q.finish_calibration()
         self.passes_saved += 1
+        self.restored_seconds = max(seconds for _, seconds in found)
         return True
 
 
@@ -299,6 +311,7 @@ def calibration(model: nn.Module, *, cache: ObserverCache | None = None) -> Iter
         EaqError: If a quantizer saw no batch (names the module paths; the calibration set is
             empty or the model never reached them). No quantizer is changed in that case.
     """
+    start = time.perf_counter()
     quantizers = _enabled_quantizers(model)
     previous = [(m.calibrating, m.observer) for _, m in quantizers]
 
@@ -321,8 +334,9 @@ def calibration(model: nn.Module, *, cache: ObserverCache | None = None) -> Iter
             f"calibration saw no data for {len(empty)} quantizer(s): {shown}; the calibration set "
             "is empty or the forward pass never reached them"
         )
+    seconds = time.perf_counter() - start
     with torch.no_grad():
         for name, m in quantizers:
             if cache is not None:
-                cache.add(name, m)
+                cache.add(name, m, seconds)
             m.finish_calibration()

@@ -119,7 +119,10 @@ class _Model:
     def observers(self, n: int, seed: int) -> ObserverCache:
         """The plain-PTQ calibration passes over :meth:`calib` ``(n, seed)``, shared by every
         plan calibrated on those images (one pass per kind of quantizer settings)."""
-        return self._observers.setdefault((n, seed), ObserverCache())
+        if (n, seed) not in self._observers:
+            self._observers.clear()  # rows come seed by seed: keep one cache's observers
+            self._observers[(n, seed)] = ObserverCache()
+        return self._observers[(n, seed)]
 
 
 def check_study(cfg: StudyConfig, model: _Model) -> None:
@@ -192,9 +195,7 @@ def run_study(
             )
         (out / "study.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         done = store.done_keys()
-        for row in given:
-            if (row["model"], row["config"], row["seed"]) not in done:
-                store.add_result(row)
+        store.add_results([r for r in given if (r["model"], r["config"], r["seed"]) not in done])
         done = store.done_keys()
         n_before = len(done)
         per_seed = {e.name: sum(_n_plans(c) for c in cfg.configs_for(e.name)) for e in cfg.models}
@@ -372,7 +373,7 @@ def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False
     """Measure one row: quantize and evaluate (the pipeline), cost it, and build the row."""
     t0 = time.perf_counter()
     calib_seconds = 0.0
-    onnx = None
+    onnx = shared = None
     fp32_measured = False
     if job.strategy == "fp32":
         if m.fp32 is None:
@@ -395,10 +396,13 @@ def execute_row(cfg: StudyConfig, m: _Model, job: RowJob, progress: bool = False
             observers=m.observers(cfg.calib_size, job.seed) if job.method == "ptq" else None,
         )
         result, calib_seconds, onnx = run.result, run.calib_seconds, run.onnx
+        shared = run.shared_pass_seconds
     report = plan_energy(m.stats, job.plan, cfg.profile)
     prov = provenance(seed=job.seed, files={"weights": m.weights_file})
     prov["study_fingerprint"] = cfg.fingerprint()
     prov["eval_seconds"] = result.seconds if job.strategy != "fp32" or fp32_measured else 0.0
+    if shared is not None:  # calib_seconds counts the shared pass this row did not run again
+        prov["shared_pass_seconds"] = shared
     return {
         "model": job.model,
         "config": job.config,

@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS sensitivity (
 );
 """
 
+RESULT_COLUMNS = (
+    "model", "config", "seed", "strategy", "dataset", "method", "top1", "top5", "n_images",
+    "calib_size", "relative_energy", "energy", "mac_share", "memory_share", "relative_bops",
+    "bits", "plan", "layers", "info", "provenance", "seconds", "calib_seconds", "created",
+)  # fmt: skip
+"""The columns of a result row (the ``results`` table above)."""
 JSON_COLUMNS = ("bits", "plan", "layers", "info", "provenance")
 VOLATILE_COLUMNS = ("seconds", "calib_seconds", "created", "provenance")
 """Columns that differ between two runs of the same study (timing, time stamps, versions)."""
@@ -236,14 +242,21 @@ class Store:
 
     def add_result(self, row: dict) -> None:
         """Insert one result row in its own transaction."""
-        row = dict(row)
-        for key in JSON_COLUMNS:
-            row[key] = json.dumps(row[key], sort_keys=True)
-        row.setdefault("created", time.time())
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
+        self.add_results([row])
+
+    def add_results(self, rows: list[dict]) -> None:
+        """Insert result rows (the columns of :data:`RESULT_COLUMNS`, ``created`` optional)
+        in one transaction: all or none."""
+        encoded = []
+        for row in rows:
+            row = {"created": time.time(), **row}
+            for key in JSON_COLUMNS:
+                row[key] = json.dumps(row[key], sort_keys=True)
+            encoded.append(tuple(row[c] for c in RESULT_COLUMNS))
+        cols = ", ".join(RESULT_COLUMNS)
+        marks = ", ".join("?" for _ in RESULT_COLUMNS)
         with self.db.transaction():
-            self.db.execute(f"INSERT INTO results ({cols}) VALUES ({marks})", tuple(row.values()))
+            self.db.executemany(f"INSERT INTO results ({cols}) VALUES ({marks})", encoded)
 
     def results(self) -> list[dict]:
         """Every result row, JSON columns decoded, in insertion-independent order."""

@@ -37,7 +37,7 @@ from eaq.study.published import (
     notes_md,
 )
 from eaq.study.report import main_table, summarize, table_md
-from eaq.study.store import Store
+from eaq.study.store import RESULT_COLUMNS, Store
 
 BLOCK = re.compile(r"(<!-- eaq-table ([^>]*?) -->\n)(.*?)(<!-- /eaq-table -->)", re.S)
 KINDS = {
@@ -78,7 +78,20 @@ def study_rows(path: str | Path, fingerprint: str) -> list[dict]:
             f"this one {fingerprint}); the study file, --seeds and --limit must be those that "
             "wrote it"
         )
-    return doc["rows"]
+    rows, keys = doc["rows"], set()
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) != set(RESULT_COLUMNS):
+            have = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise EaqError(
+                f"{path}: row {i} is not a result row of this eaq (columns {have}; valid: "
+                f"{', '.join(RESULT_COLUMNS)})"
+            )
+        key = (row["model"], row["config"], row["seed"])
+        if key in keys:
+            model, config, seed = key
+            raise EaqError(f"{path}: row {i} repeats model {model}, config {config}, seed {seed}")
+        keys.add(key)
+    return rows
 
 
 def _load_rows_file(path: str | Path) -> dict:

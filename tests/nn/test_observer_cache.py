@@ -114,3 +114,19 @@ def test_the_pipeline_reuses_passes_for_ptq_only():
         quantize_and_evaluate(
             model, Plan.uniform(4, 4), batches, batches, method="gptq", observers=ObserverCache()
         )
+
+
+def test_a_shared_pass_counts_its_time_as_the_rows_calibration_cost():
+    from eaq.pipeline import quantize_and_evaluate
+
+    model, batches = create_model("resnet20_cifar", weights="random").eval(), _calib()
+    cache = ObserverCache()
+    first = quantize_and_evaluate(
+        model, Plan.uniform(8, 8), batches, batches, observers=cache, progress=False
+    )
+    second = quantize_and_evaluate(
+        model, Plan.uniform(4, 4), batches, batches, observers=cache, progress=False
+    )
+    assert first.shared_pass_seconds is None and cache.passes_saved == 1
+    assert 0 < second.shared_pass_seconds == cache.restored_seconds <= first.calib_seconds
+    assert second.calib_seconds >= second.shared_pass_seconds

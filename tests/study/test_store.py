@@ -128,3 +128,11 @@ def test_a_study_on_postgresql_resumes_and_reports(tmp_path, postgres_url, data_
     capsys.readouterr()
     assert main([*args[:-2], "--store", "sqlite:///x"]) == 2
     assert "must be a postgresql://" in capsys.readouterr().err
+
+
+def test_result_columns_are_the_tables(open_store):
+    from eaq.study.store import RESULT_COLUMNS
+
+    with open_store(create=True) as s:
+        s.add_result(_row())
+        assert set(s.results()[0]) == set(RESULT_COLUMNS)

@@ -267,6 +267,13 @@ def test_from_rows_measures_only_the_missing_rows(tiny, ref_run, tmp_path, data_
     cmd[-1] = str(tmp_path / "bad.json")
     assert main([*cmd, *base]) == 2
     assert "not a rows file" in capsys.readouterr().err
+    for rows, message in (
+        ([*kept, kept[0]], "row 2 repeats model resnet20_cifar, config FP32, seed 0"),
+        ([{**kept[0], "extra": 1}], "row 0 is not a result row of this eaq"),
+    ):
+        (tmp_path / "bad.json").write_text(json.dumps({**doc, "rows": rows}))
+        assert main([*cmd, *base]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
