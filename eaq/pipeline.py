@@ -19,9 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eaq.errors import EaqError
 from eaq.evaluate import EvalResult, evaluate
-from eaq.methods import check_method_options, plain_ptq_, quantize_model_
+from eaq.methods import (
+    check_method_options,
+    check_shared_observers,
+    plain_ptq_,
+    quantize_model_,
+)
 from eaq.nn import QuantSummary
 from eaq.plan import Plan
 from eaq.quant import ObserverCache
@@ -86,8 +90,7 @@ def quantize_and_evaluate(
             the same values, faster); an error with another method.
     """
     options = check_method_options(method, method_options)
-    if observers is not None and method != "ptq":
-        raise EaqError(f"reusing calibration passes is for method 'ptq', not {method!r}")
+    check_shared_observers(method, observers)
     torch.manual_seed(seed)
     model = copy.deepcopy(float_model)
     t0 = time.perf_counter()

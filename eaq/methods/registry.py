@@ -169,6 +169,13 @@ def check_method_plan(name: str, plan: Plan) -> None:
             )
 
 
+def check_shared_observers(method: str, observers: ObserverCache | None) -> None:
+    """Shared calibration passes (``observers``) hold plain PTQ's float observations: an
+    error with any other method."""
+    if observers is not None and method != "ptq":
+        raise EaqError(f"reusing calibration passes is for method 'ptq', not {method!r}")
+
+
 def plain_ptq_(
     model: nn.Module, plan: Plan, calib: Batches, observers: ObserverCache | None = None
 ) -> QuantSummary:

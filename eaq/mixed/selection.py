@@ -73,8 +73,9 @@ class PlanScorer:
         self.held_out = held_out
         self.method = method
         self.method_options = dict(method_options or {})
-        if observers is not None and method != "ptq":
-            raise EaqError(f"reusing calibration passes is for method 'ptq', not {method!r}")
+        from eaq.methods import check_shared_observers
+
+        check_shared_observers(method, observers)
         self.observers = observers
         self.n_images = sum(images.shape[0] for images, _ in held_out)
         if self.n_images == 0:
