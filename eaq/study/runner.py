@@ -201,7 +201,14 @@ def run_study(
         per_seed = {e.name: sum(_n_plans(c) for c in cfg.configs_for(e.name)) for e in cfg.models}
         total = len(cfg.seeds) * sum(per_seed.values())
         written = 0
-        phases = {"models": 0.0, "plans": 0.0, "rows": 0.0}  # seconds, for the session record
+        # seconds, for the session record; "plans" includes its two parts named after it
+        phases = {
+            "models": 0.0,
+            "plans": 0.0,
+            "plans: sensitivities": 0.0,
+            "plans: scoring": 0.0,
+            "rows": 0.0,
+        }
 
         def record_session() -> None:
             session = {"started": start_time, "seconds": time.perf_counter() - start}
@@ -226,7 +233,7 @@ def run_study(
                     t = time.perf_counter()
                     jobs = [
                         j
-                        for j in resolve_jobs(cfg, m, seed, store, progress)
+                        for j in resolve_jobs(cfg, m, seed, store, progress, phases)
                         if (j.model, j.config, j.seed) not in done
                     ]
                     phases["plans"] += time.perf_counter() - t
@@ -317,23 +324,40 @@ class RowJob:
     info: dict
 
 
-def resolve_jobs(cfg: StudyConfig, m: _Model, seed: int, store: Store, progress: bool):
-    """The rows of one model and seed: sensitivities (stored, reused on resume) and plans."""
+def resolve_jobs(
+    cfg: StudyConfig,
+    m: _Model,
+    seed: int,
+    store: Store,
+    progress: bool,
+    phases: dict[str, float] | None = None,
+):
+    """The rows of one model and seed: sensitivities (stored, reused on resume) and plans.
+    ``phases`` gets the seconds spent measuring sensitivities and scoring candidate plans
+    added to its ``"plans: sensitivities"`` and ``"plans: scoring"``."""
     configs = cfg.configs_for(m.entry.name)
+    spent = phases if phases is not None else {}
     sens: dict[str, Sensitivity] = {}
+    t = time.perf_counter()
     for entry in configs:
         key = sensitivity_key(entry, cfg)
         if get_strategy(entry.strategy).needs_sensitivity and key not in sens:
             sens[key] = _sensitivity(cfg, m, seed, store, progress, entry)
+    spent["plans: sensitivities"] = spent.get("plans: sensitivities", 0.0) + (
+        time.perf_counter() - t
+    )
     scorer: list[PlanScorer] = []  # made on first use
 
     def plan_loss(plan) -> float:
+        t = time.perf_counter()
         if not scorer:
             held_out = m.calib(cfg.sensitivity.score_size, seed, offset=cfg.calib_size)
             calib = m.calib(cfg.calib_size, seed)
             observers = m.observers(cfg.calib_size, seed)
             scorer.append(PlanScorer(m.model, calib, held_out, observers=observers))
-        return scorer[0](plan)
+        loss = scorer[0](plan)
+        spent["plans: scoring"] = spent.get("plans: scoring", 0.0) + time.perf_counter() - t
+        return loss
 
     jobs = []
     for entry in configs:
