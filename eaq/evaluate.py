@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from eaq.errors import EaqError
+from eaq.nn import weights_quantized_once
 
 
 def channels_last_(model: nn.Module) -> nn.Module:
@@ -62,6 +63,7 @@ def evaluate(
     total = getattr(batches, "n_images", None)
     with (
         torch.inference_mode(),
+        weights_quantized_once(model),
         tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar,
     ):
         for images, labels in batches:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eaq.errors import EaqError
+from eaq.nn import weights_quantized_once
 from eaq.plan import Plan
 from eaq.quant import ObserverCache
 
@@ -42,7 +43,8 @@ Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 @torch.no_grad()
 def _log_probs(model: nn.Module, batches: Batches) -> list[torch.Tensor]:
     model.eval()
-    return [F.log_softmax(model(images).double(), dim=1) for images, _ in batches]
+    with weights_quantized_once(model):
+        return [F.log_softmax(model(images).double(), dim=1) for images, _ in batches]
 
 
 class PlanScorer:

@@ -1,7 +1,13 @@
 """Quantized layers and the model-surgery walker that puts them into a model."""
 
 from eaq.nn.attention import QuantAttention, QuantMultiheadAttention
-from eaq.nn.layers import QuantConv2d, QuantConv2dSame, QuantLinear, QuantMatMul
+from eaq.nn.layers import (
+    QuantConv2d,
+    QuantConv2dSame,
+    QuantLinear,
+    QuantMatMul,
+    weights_quantized_once,
+)
 from eaq.nn.surgery import (
     ATTENTION_MAP,
     GELU_TYPES,
@@ -40,4 +46,5 @@ __all__ = [
     "quantizable_layers",
     "quantize_",
     "quantized_layer",
+    "weights_quantized_once",
 ]

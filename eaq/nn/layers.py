@@ -12,6 +12,9 @@ config's defaults, every quantizer is the uniform :class:`~eaq.quant.Quantizer`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +29,34 @@ def _make(spec, kind: str = "uniform") -> Quantizer | None:
 
 def _apply(q: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
     return x if q is None else q(x)
+
+
+def _quantized_weight(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    frozen = layer.__dict__.get("_frozen_weight")
+    return frozen if frozen is not None else _apply(layer.weight_quantizer, layer.weight)
+
+
+@contextmanager
+def weights_quantized_once(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, each quantized conv and linear layer of ``model`` uses its weight
+    fake-quantized once on entry instead of on every forward: the same values, computed once
+    (an evaluation's batches all see the same weights). Nothing may change the weights or their
+    quantizers inside the block; layers whose weight quantizer is disabled, calibrating or not
+    yet calibrated quantize on every forward as usual."""
+    frozen = []
+    try:
+        with torch.no_grad():
+            for m in model.modules():
+                q = getattr(m, "weight_quantizer", None)
+                if not isinstance(m, (QuantConv2d, QuantLinear)) or q is None:
+                    continue
+                if q.enabled and not q.calibrating and q.is_calibrated:
+                    m._frozen_weight = q(m.weight)
+                    frozen.append(m)
+        yield model
+    finally:
+        for m in frozen:
+            m._frozen_weight = None
 
 
 class QuantConv2d(nn.Conv2d):
@@ -68,7 +99,7 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _apply(self.input_quantizer, x)
-        y = self._conv_forward(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        y = self._conv_forward(x, _quantized_weight(self), self.bias)
         return _apply(self.output_quantizer, y)
 
 
@@ -81,7 +112,7 @@ class QuantConv2dSame(QuantConv2d):
 
         x = _apply(self.input_quantizer, x)
         x = pad_same(x, self.weight.shape[-2:], self.stride, self.dilation)
-        w = _apply(self.weight_quantizer, self.weight)
+        w = _quantized_weight(self)
         y = F.conv2d(x, w, self.bias, self.stride, (0, 0), self.dilation, self.groups)
         return _apply(self.output_quantizer, y)
 
@@ -111,7 +142,7 @@ class QuantLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _apply(self.input_quantizer, x)
-        y = F.linear(x, _apply(self.weight_quantizer, self.weight), self.bias)
+        y = F.linear(x, _quantized_weight(self), self.bias)
         return _apply(self.output_quantizer, y)
 
     def extra_repr(self) -> str:
