@@ -1,7 +1,7 @@
 """Mixed precision: per-layer sensitivity, assignment strategies (plans) and Pareto fronts."""
 
 from eaq.mixed.pareto import best_within, dominates, pareto_front
-from eaq.mixed.selection import PlanScorer
+from eaq.mixed.selection import PlanScorer, plan_sha256
 from eaq.mixed.sensitivity import MEASURES, Sensitivity, candidate_grid, layer_sensitivity
 from eaq.mixed.strategies import (
     NamedPlan,
@@ -36,6 +36,7 @@ __all__ = [
     "layer_sensitivity",
     "make_plans",
     "pareto_front",
+    "plan_sha256",
     "register_strategy",
     "solve_budget",
     "strategy_names",

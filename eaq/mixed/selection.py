@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Sequence
 
@@ -45,6 +46,11 @@ def _log_probs(model: nn.Module, batches: Batches) -> list[torch.Tensor]:
     model.eval()
     with weights_quantized_once(model):
         return [F.log_softmax(model(images).double(), dim=1) for images, _ in batches]
+
+
+def plan_sha256(plan: Plan) -> str:
+    """A plan's identity: the SHA-256 of its canonical JSON."""
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 class PlanScorer:

@@ -32,6 +32,7 @@ from eaq.mixed import (
     get_strategy,
     layer_sensitivity,
     make_plans,
+    plan_sha256,
 )
 from eaq.models import create_model, get_model_info, weights_file
 from eaq.nn import quantizable_layers
@@ -347,17 +348,22 @@ def resolve_jobs(
         time.perf_counter() - t
     )
     scorer: list[PlanScorer] = []  # made on first use
+    scored = store.plan_scores(m.entry.name, seed)  # kept, so a resumed run scores no plan twice
 
     def plan_loss(plan) -> float:
+        key = plan_sha256(plan)
+        if key in scored:
+            return scored[key]
         t = time.perf_counter()
         if not scorer:
             held_out = m.calib(cfg.sensitivity.score_size, seed, offset=cfg.calib_size)
             calib = m.calib(cfg.calib_size, seed)
             observers = m.observers(cfg.calib_size, seed)
             scorer.append(PlanScorer(m.model, calib, held_out, observers=observers))
-        loss = scorer[0](plan)
+        scored[key] = scorer[0](plan)
+        store.add_plan_score(m.entry.name, seed, key, scored[key])
         spent["plans: scoring"] = spent.get("plans: scoring", 0.0) + time.perf_counter() - t
-        return loss
+        return scored[key]
 
     jobs = []
     for entry in configs:

@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS sensitivity (
     value REAL NOT NULL,
     PRIMARY KEY (model, seed, measure, layer_index, w_bits, a_bits)
 );
+CREATE TABLE IF NOT EXISTS plan_scores (
+    model TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    plan_sha256 TEXT NOT NULL,
+    loss REAL NOT NULL,
+    PRIMARY KEY (model, seed, plan_sha256)
+);
 """
 
 RESULT_COLUMNS = (
@@ -297,6 +304,20 @@ class Store:
                     for r in rows
                 ],
             )
+
+    # measured losses of candidate plans (a budget's select: loss) ----------------------------
+    def plan_scores(self, model: str, seed: int) -> dict[str, float]:
+        """``{plan_sha256: loss}`` of the candidate plans scored so far for (model, seed)."""
+        rows = self.db.query(
+            "SELECT plan_sha256, loss FROM plan_scores WHERE model = ? AND seed = ?", (model, seed)
+        )
+        return {r["plan_sha256"]: r["loss"] for r in rows}
+
+    def add_plan_score(self, model: str, seed: int, plan_sha256: str, loss: float) -> None:
+        self.db.execute(
+            "INSERT INTO plan_scores VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (model, seed, plan_sha256, loss),
+        )
 
     def sensitivity_rows(self, model: str | None = None, seed: int | None = None) -> list[dict]:
         q = "SELECT * FROM sensitivity"

@@ -281,6 +281,29 @@ def test_from_rows_measures_only_the_missing_rows(tiny, ref_run, tmp_path, data_
     assert not (tmp_path / "x").exists()
 
 
+def test_resume_reuses_stored_plan_scores(tiny, ref_run, tmp_path, data_root, monkeypatch):
+    """A run stopped before a budget's rows are written scores no candidate plan again."""
+    import shutil
+
+    from eaq.mixed import PlanScorer
+
+    with Store.open_folder(ref_run) as s:
+        scores = s.plan_scores("resnet20_cifar", 0)
+    assert len(scores) >= 2  # budget-sel's program plan and the uniform plans within 0.1
+    out = tmp_path / "resumed"
+    shutil.copytree(ref_run, out)
+    with sqlite3.connect(out / "study.sqlite") as c:
+        c.execute("DELETE FROM results WHERE config LIKE 'budget-sel%'")
+
+    def no_scoring(self, plan):
+        raise AssertionError("a stored plan was scored again")
+
+    monkeypatch.setattr(PlanScorer, "__call__", no_scoring)
+    cfg = load_study(tiny).with_limit(LIMIT)
+    run_study(cfg, out, resume=True, data_root=data_root, progress=False)
+    assert _rows(out) == _rows(ref_run)
+
+
 def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     base = ["--limit", "16", "--no-progress", "--data-root", str(data_root)]
     bad = tmp_path / "bad.yaml"
