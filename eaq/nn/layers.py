@@ -12,6 +12,7 @@ config's defaults, every quantizer is the uniform :class:`~eaq.quant.Quantizer`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,8 +32,13 @@ def _apply(q: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
     return x if q is None else q(x)
 
 
+# layer -> its weight fake-quantized on entering weights_quantized_once (weak keys: a copy of a
+# model made inside the block is a new layer, and quantizes its own weight on every forward)
+_FROZEN: weakref.WeakKeyDictionary[nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
 def _quantized_weight(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
-    frozen = layer.__dict__.get("_frozen_weight")
+    frozen = _FROZEN.get(layer)
     return frozen if frozen is not None else _apply(layer.weight_quantizer, layer.weight)
 
 
@@ -42,21 +48,21 @@ def weights_quantized_once(model: nn.Module) -> Iterator[nn.Module]:
     fake-quantized once on entry instead of on every forward: the same values, computed once
     (an evaluation's batches all see the same weights). Nothing may change the weights or their
     quantizers inside the block; layers whose weight quantizer is disabled, calibrating or not
-    yet calibrated quantize on every forward as usual."""
+    yet calibrated quantize on every forward as usual. Blocks may nest."""
     frozen = []
     try:
         with torch.no_grad():
             for m in model.modules():
                 q = getattr(m, "weight_quantizer", None)
-                if not isinstance(m, (QuantConv2d, QuantLinear)) or q is None:
+                if not isinstance(m, (QuantConv2d, QuantLinear)) or not isinstance(q, Quantizer):
                     continue
-                if q.enabled and not q.calibrating and q.is_calibrated:
-                    m._frozen_weight = q(m.weight)
+                if q.enabled and not q.calibrating and q.is_calibrated and m not in _FROZEN:
+                    _FROZEN[m] = q(m.weight)
                     frozen.append(m)
         yield model
     finally:
         for m in frozen:
-            m._frozen_weight = None
+            _FROZEN.pop(m, None)
 
 
 class QuantConv2d(nn.Conv2d):

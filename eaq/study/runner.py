@@ -11,6 +11,7 @@ interrupted study resumes where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -360,10 +361,12 @@ def resolve_jobs(
             calib = m.calib(cfg.calib_size, seed)
             observers = m.observers(cfg.calib_size, seed)
             scorer.append(PlanScorer(m.model, calib, held_out, observers=observers))
-        scored[key] = scorer[0](plan)
-        store.add_plan_score(m.entry.name, seed, key, scored[key])
+        loss = scorer[0](plan)
+        if math.isfinite(loss):  # a non-finite loss is the selection's error to report
+            scored[key] = loss
+            store.add_plan_score(m.entry.name, seed, key, loss)
         spent["plans: scoring"] = spent.get("plans: scoring", 0.0) + time.perf_counter() - t
-        return scored[key]
+        return loss
 
     jobs = []
     for entry in configs:

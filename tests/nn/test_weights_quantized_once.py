@@ -6,8 +6,13 @@ import torch
 from eaq.evaluate import evaluate
 from eaq.models import create_model
 from eaq.nn import QuantConv2d, QuantLinear, calibrate_, quantize_, weights_quantized_once
+from eaq.nn.layers import _FROZEN
 from eaq.plan import Plan
 from eaq.quant import Quantizer
+
+
+def _frozen(layer) -> bool:
+    return layer in _FROZEN
 
 
 def _batches(n: int = 3):
@@ -89,7 +94,24 @@ def test_model_changed_after_the_block_is_seen():
         conv.weight.mul_(-1.0)
         after = model(x)
     assert not torch.equal(before, after)
-    assert conv.__dict__.get("_frozen_weight") is None
+    assert not _frozen(conv)
+
+
+def test_copies_made_inside_and_nested_blocks():
+    import copy
+
+    model = _quantized()
+    x = _batches(1)[0][0]
+    with torch.no_grad(), weights_quantized_once(model):
+        twin = copy.deepcopy(model)
+        with weights_quantized_once(model):
+            pass
+        assert all(_frozen(m) for m in model.modules() if isinstance(m, QuantConv2d))
+    conv = next(m for m in twin.modules() if isinstance(m, QuantConv2d))
+    with torch.no_grad():
+        before = twin(x)
+        conv.weight.mul_(-1.0)
+        assert not torch.equal(before, twin(x))  # the copy quantizes its own, changed weight
 
 
 def test_calibrating_and_disabled_quantizers_are_not_frozen():
@@ -100,9 +122,9 @@ def test_calibrating_and_disabled_quantizers_are_not_frozen():
     for m in layers:
         m.weight_quantizer.start_calibration()
     with weights_quantized_once(model):
-        assert all(m.__dict__.get("_frozen_weight") is None for m in layers)
+        assert not any(_frozen(m) for m in layers)
     calibrate_(model, _batches(1))
     layers[0].weight_quantizer.enabled = False
     with weights_quantized_once(model):
-        assert layers[0].__dict__.get("_frozen_weight") is None
-        assert all(m.__dict__.get("_frozen_weight") is not None for m in layers[1:])
+        assert not _frozen(layers[0])
+        assert all(_frozen(m) for m in layers[1:])

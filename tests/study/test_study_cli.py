@@ -304,6 +304,18 @@ def test_resume_reuses_stored_plan_scores(tiny, ref_run, tmp_path, data_root, mo
     assert _rows(out) == _rows(ref_run)
 
 
+def test_a_nan_plan_score_is_an_error_and_not_stored(tiny, tmp_path, data_root, monkeypatch):
+    from eaq.errors import EaqError
+    from eaq.mixed import PlanScorer
+
+    monkeypatch.setattr(PlanScorer, "__call__", lambda self, plan: float("nan"))
+    out = tmp_path / "nan"
+    with pytest.raises(EaqError, match="it must be finite"):
+        run_study(load_study(tiny).with_limit(LIMIT), out, data_root=data_root, progress=False)
+    with Store.open_folder(out) as s:
+        assert s.plan_scores("resnet20_cifar", 0) == {}
+
+
 def test_bad_inputs_exit_2(tiny, tmp_path, data_root, capsys):
     base = ["--limit", "16", "--no-progress", "--data-root", str(data_root)]
     bad = tmp_path / "bad.yaml"
