@@ -118,3 +118,22 @@ def test_import_keeps_full_runs_only_and_the_last_row_of_a_cell(tmp_path):
     (run / "rows.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(SystemExit, match="no full-test-set rows"):
         report.import_rows(run, tmp_path / "other.json")
+
+
+def test_committed_peer_tables_are_what_the_stored_rows_give(tmp_path, capsys):
+    """docs/peers.md and results/peers.csv are written from results/peers.json and eaq's
+    results/*.json; after either changes, rerun `python peers/report.py`."""
+    root = PEERS.parent
+    store = root / "results" / "peers.json"
+    if not store.is_file():
+        pytest.skip("no peer rows stored yet")
+    csv_path, doc = tmp_path / "peers.csv", tmp_path / "peers.md"
+    report.write_outputs(store, root / "results", csv_path, doc)
+    for made, committed in (
+        (doc, root / "docs" / "peers.md"),
+        (csv_path, store.with_suffix(".csv")),
+    ):
+        assert made.read_text() == committed.read_text(), (
+            f"{committed.relative_to(root)} differs from what the stored rows give; "
+            "run `python peers/report.py`"
+        )
