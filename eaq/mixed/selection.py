@@ -94,7 +94,7 @@ class PlanScorer:
 
     @torch.no_grad()
     def __call__(self, plan: Plan) -> float:
-        key = json.dumps(plan.to_dict(), sort_keys=True)
+        key = plan_sha256(plan)
         if key not in self._cache:
             self._cache[key] = self._measure(plan)
         return self._cache[key]
