@@ -151,19 +151,27 @@ class ReconActQuantizer(nn.Module):
         return self.quantizer
 
 
-def _rand_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    if generator is None or x.device.type != "cpu":
-        return torch.rand_like(x)
-    return torch.rand(x.shape, generator=generator, dtype=x.dtype)
+KEEP_MASK_LEVELS = 1 << 16  # resolution of keep_mask's probability
 
 
 def keep_mask(x: Tensor, prob: float, generator: torch.Generator | None) -> Tensor:
-    """A float mask like ``x``: 1 where ``uniform < prob`` (kept in float), else 0.
+    """A float mask like ``x``: 1 (kept in float) with probability ``prob``, else 0.
 
-    ``ceil(prob - u)`` is 1 exactly where ``u < prob`` for ``u`` in [0, 1): the same draw as
-    a comparison, in two in-place passes instead of a boolean tensor and ``torch.where``.
+    Each element compares a uniform 16-bit integer ``u`` in [0, 65536) with
+    ``round(prob * 65536)``: ``prob`` to within 2**-17 (exact for QDrop's 0.5), from a quarter
+    as many 64-bit draws as ``x`` has elements, which takes half the time of ``torch.rand``.
     """
-    return _rand_like(x, generator).neg_().add_(prob).ceil_()
+    n = x.numel()
+    words = torch.randint(
+        -(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator
+    )
+    u = words.view(torch.int16)[:n]  # uniform in [-32768, 32768)
+    threshold = round(prob * KEEP_MASK_LEVELS) - KEEP_MASK_LEVELS // 2
+    mask = (u < threshold).to(x.dtype)
+    # laid out as x is in memory (channels-last activations), so that mixing takes one pass
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    mask = mask.view([x.shape[d] for d in order]).permute([order.index(d) for d in range(x.dim())])
+    return mask.to(x.device)
 
 
 def lsq_fake_quantize(
@@ -194,7 +202,7 @@ def lsq_fake_quantize(
         s = scale.reshape(1).expand(x.shape[axis])
         z = zero_point.reshape(1).float().expand(x.shape[axis])
     out = torch._fake_quantize_learnable_per_channel_affine(x, s, z, axis, qmin, qmax, 1.0)
-    return out if keep is None else x + (out - x) * (1.0 - keep)
+    return out if keep is None else torch.lerp(out, x, keep)  # exactly x where kept
 
 
 def _act_quantizers(unit: nn.Module) -> list[tuple[str, Quantizer]]:
@@ -281,7 +289,7 @@ def reconstruct_unit_(
 
             def make_input(idx: Tensor, g: torch.Generator) -> Tensor:
                 xq, xf = inputs[idx], float_inputs[idx]
-                return xf.sub_(xq).mul_(keep_mask(xq, drop, g)).add_(xq)  # xf where kept
+                return torch.lerp(xq, xf, keep_mask(xq, drop, g))  # exactly xf where kept
 
         extra = []
         if config.learn_act_scale and wrapped:
@@ -382,9 +390,16 @@ def _config(
     learn_act_scale: bool,
     act_lr: float,
     drop_prob: float,
+    precision: str,
 ) -> ReconstructionConfig:
     rounding = AdaRoundConfig(
-        iters=iters, batch_size=batch_size, lr=lr, reg_weight=reg_weight, warmup=warmup, seed=seed
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        reg_weight=reg_weight,
+        warmup=warmup,
+        seed=seed,
+        precision=precision,
     )
     return ReconstructionConfig(rounding, learn_act_scale, act_lr, drop_prob)
 
@@ -408,10 +423,13 @@ def brecq(
     learn_act_scale: bool = True,
     act_lr: float = 4e-5,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> QuantSummary:
     """Options: ``iters`` Adam steps per unit, ``lr`` of the rounding variables, ``batch_size``
     samples per step, ``reg_weight`` and ``warmup`` of the rounding regulariser,
-    ``learn_act_scale`` and ``act_lr`` of the activation step sizes."""
+    ``learn_act_scale`` and ``act_lr`` of the activation step sizes, ``precision`` of the
+    optimisation's forward and backward (``fp32``, or ``bf16`` autocast: faster where the CPU
+    has AMX; see :class:`~eaq.methods.adaround.AdaRoundConfig`)."""
     config = _config(
         iters=iters,
         lr=lr,
@@ -422,6 +440,7 @@ def brecq(
         learn_act_scale=learn_act_scale,
         act_lr=act_lr,
         drop_prob=0.0,
+        precision=precision,
     )
     return _run(model, plan, calib, config)
 
@@ -445,6 +464,7 @@ def qdrop(
     act_lr: float = 4e-5,
     drop_prob: float = QDROP_PROB,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> QuantSummary:
     """Options as :func:`brecq`'s (step sizes always learned), and ``drop_prob``."""
     config = _config(
@@ -457,5 +477,6 @@ def qdrop(
         learn_act_scale=True,
         act_lr=act_lr,
         drop_prob=drop_prob,
+        precision=precision,
     )
     return _run(model, plan, calib, config)

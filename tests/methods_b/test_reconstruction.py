@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from eaq.errors import EaqError
 from eaq.methods.adaround import AdaRoundConfig, AdaRoundWeight, prepare_
 from eaq.methods.reconstruction import (
     ReconActQuantizer,
@@ -105,11 +106,29 @@ def test_lsq_fake_quantize_follows_lsq_and_qdrop(per_channel, drop, zero_point):
     assert bool(((x.grad == 0) & (weights != 0)).any())  # some elements clipped
 
 
-def test_keep_mask_is_the_comparison_with_the_same_draw():
+def test_keep_mask_compares_16_bit_draws_with_the_probability():
     x = torch.empty(1000)
     mask = keep_mask(x, 0.3, torch.Generator().manual_seed(5))
-    u = torch.rand(1000, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(mask, (u < 0.3).float())
+    words = torch.randint(
+        -(1 << 63),
+        (1 << 63) - 1,
+        (250,),
+        dtype=torch.int64,
+        generator=torch.Generator().manual_seed(5),
+    )
+    u = words.view(torch.int16).long() + 32768  # uniform in [0, 65536)
+    assert torch.equal(mask, (u < round(0.3 * 65536)).float())
+
+
+@pytest.mark.parametrize("prob", [0.1, 0.5, 0.9])
+def test_keep_mask_keeps_with_the_probability_in_the_layout_of_x(prob):
+    x = torch.empty(64, 16, 20, 20).contiguous(memory_format=torch.channels_last)
+    mask = keep_mask(x, prob, torch.Generator().manual_seed(0))
+    assert mask.shape == x.shape and mask.stride() == x.stride()
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(mask.mean().item() - prob) < 0.005  # 409,600 draws: sd < 0.0008
+    # neighbours in memory are independent: no structure along the channel axis
+    assert abs((mask[:, :-1] * mask[:, 1:]).mean().item() - prob**2) < 0.005
 
 
 def _block_model():
@@ -123,15 +142,20 @@ def _block_model():
     return model, calib
 
 
-@pytest.mark.parametrize("drop_prob", [0.0, 0.5], ids=["brecq", "qdrop"])
-def test_block_reconstruction_beats_round_to_nearest(drop_prob):
+@pytest.mark.parametrize(
+    "drop_prob, precision",
+    [(0.0, "fp32"), (0.5, "fp32"), (0.5, "bf16")],
+    ids=["brecq", "qdrop", "qdrop-bf16"],
+)
+def test_block_reconstruction_beats_round_to_nearest(drop_prob, precision):
     model, calib = _block_model()
     plan = Plan.uniform(3, 4, first_last_8bit=False)
     _, float_model = prepare_(model, plan, calib)
     rtn = copy.deepcopy(model)
     # lr 1e-2 (not the default 1e-3) so that a few hundred steps converge
     config = ReconstructionConfig(
-        AdaRoundConfig(iters=250, batch_size=16, lr=1e-2), drop_prob=drop_prob
+        AdaRoundConfig(iters=250, batch_size=16, lr=1e-2, precision=precision),
+        drop_prob=drop_prob,
     )
     [stats] = reconstruct_(model, float_model, calib, config)
     assert stats.name == "0"
@@ -150,6 +174,31 @@ def test_block_reconstruction_beats_round_to_nearest(drop_prob):
             assert isinstance(m.weight_quantizer, Quantizer)
             assert isinstance(m.input_quantizer, Quantizer)
             assert torch.equal(m.weight_quantizer(m.weight), m.weight)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_sets_the_dtype_of_the_optimisation_only(precision):
+    """bf16: the convolutions of the optimisation steps take bfloat16 inputs; the errors
+    reported before and after, and the weights written back, are float32."""
+    model, calib = _block_model()
+    _, float_model = prepare_(model, Plan.uniform(4, 4, first_last_8bit=False), calib)
+    seen = []
+    hook = model[0].conv2.register_forward_hook(
+        lambda m, args, out: seen.append((torch.is_grad_enabled(), out.dtype))
+    )
+    config = ReconstructionConfig(AdaRoundConfig(iters=5, batch_size=16, precision=precision))
+    reconstruct_(model, float_model, calib, config)
+    hook.remove()
+    steps = {dtype for grad, dtype in seen if grad}
+    errors = {dtype for grad, dtype in seen if not grad}
+    assert steps == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert errors == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_precision_is_checked():
+    with pytest.raises(EaqError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        AdaRoundConfig(precision="fp16")
 
 
 def test_learned_act_scales_are_written_back():
