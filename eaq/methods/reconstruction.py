@@ -380,28 +380,10 @@ def _run(
 
 
 def _config(
-    *,
-    iters: int,
-    lr: float,
-    batch_size: int,
-    reg_weight: float,
-    warmup: float,
-    seed: int,
-    learn_act_scale: bool,
-    act_lr: float,
-    drop_prob: float,
-    precision: str,
+    *, learn_act_scale: bool, act_lr: float, drop_prob: float, **rounding
 ) -> ReconstructionConfig:
-    rounding = AdaRoundConfig(
-        iters=iters,
-        batch_size=batch_size,
-        lr=lr,
-        reg_weight=reg_weight,
-        warmup=warmup,
-        seed=seed,
-        precision=precision,
-    )
-    return ReconstructionConfig(rounding, learn_act_scale, act_lr, drop_prob)
+    """The settings from a method's options; ``rounding``: :class:`AdaRoundConfig`'s fields."""
+    return ReconstructionConfig(AdaRoundConfig(**rounding), learn_act_scale, act_lr, drop_prob)
 
 
 @register_method(
