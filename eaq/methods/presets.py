@@ -63,8 +63,8 @@ PRESETS: dict[str, dict[str, Preset]] = {
         ),
         # cross-layer equalization first (depthwise layers' channel ranges), then QDrop
         "depthwise": Preset("cle", {"then": "qdrop"}, dict(_MSE)),
-        # QDrop, its optimisation steps in bfloat16 (AMX): on resnet18_cifar W4A4 the same
-        # accuracy as float32 in about half the time
+        # QDrop, its optimisation steps in bfloat16 (AMX): faster steps, the accuracy of
+        # float32 ones (resnet18_cifar W4A4 in docs/methods.md)
         "cnn": Preset("qdrop", {"iters": 500, "precision": "bf16"}, dict(_MSE)),
     },
 }
