@@ -31,6 +31,8 @@ def test_evaluating_nothing_is_an_error_not_nan():
     [
         ("gptq", {"block_columns": 0}, "block_columns must be >= 1"),
         ("gptq", {"percdamp": 0.0}, "percdamp must be > 0"),
+        ("gptq", {"target": "fp32"}, "target must be one of quantized, float, got 'fp32'"),
+        ("gptq", {"target": "float", "sequential": False}, "target=float needs sequential"),
         ("adaround", {"iters": 0}, "iters and batch_size must be >= 1"),
         ("qdrop", {"drop_prob": 1.5}, "drop_prob must be in"),
         ("ranking", {"rounds": 0}, "must be >= 1"),

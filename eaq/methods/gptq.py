@@ -16,12 +16,24 @@ weights when GPTQ reaches the group's first column, as in the paper, and written
 quantizer's buffers. The layer then stores the GPTQ-rounded weight, which its weight quantizer
 maps to itself (fake quantization is idempotent on the grid).
 
+With ``target="float"`` the objective is the asymmetric one of GPTAQ (Li et al., "GPTAQ:
+Efficient Finetuning-Free Quantization for Asymmetric Calibration", ICML 2025):
+``||W X - Q X_q||^2``, where ``X`` is the layer's input in the float model and ``X_q`` its input
+in the model as quantized so far (its own input quantizer applied). The rounding then also
+compensates the error that the quantized activations bring in. It is solved in two steps. First
+the least-squares weight ``W* = W + W (X - X_q) X_q^T (X_q X_q^T + damp I)^-1``, whose product
+with ``X_q`` is the projection of ``W X`` onto what ``X_q`` can express (the damping, the same
+as GPTQ's, shrinks only the correction). Then GPTQ on ``W*`` with ``H = 2 X_q X_q^T``: since
+``W X - W* X_q`` is orthogonal to the rows of ``X_q``, minimising ``||W* X_q - Q X_q||^2``
+minimises the asymmetric objective. The weight grid stays the one calibrated on ``W``.
+
 Layers GPTQ leaves at round-to-nearest: grouped/depthwise convs, non-zero padding modes and
 per-channel granularities along an axis other than 0.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -70,20 +82,28 @@ def layer_inputs_2d(layer: nn.Module, x: Tensor) -> Tensor:
 
 
 class _Hessian:
-    """Running ``H = 2/n * sum X X^T`` (float64 accumulation, as the reference keeps a mean)."""
+    """Running ``H = 2/n * sum X X^T`` (float64 accumulation, as the reference keeps a mean)
+    and, for the asymmetric target, ``D = 2/n * sum (X_float - X) X^T``."""
 
     def __init__(self) -> None:
         self.H: Tensor | None = None
+        self.D: Tensor | None = None
         self.n = 0
 
-    def add(self, cols: Tensor) -> None:
+    def add(self, cols: Tensor, float_cols: Tensor | None = None) -> None:
         cols = cols.double()
         xx = cols @ cols.t()
         self.H = xx if self.H is None else self.H + xx
+        if float_cols is not None:
+            dx = (float_cols.double() - cols) @ cols.t()
+            self.D = dx if self.D is None else self.D + dx
         self.n += cols.shape[1]
 
     def value(self) -> Tensor:
         return 2.0 * self.H / max(self.n, 1)
+
+    def correction(self) -> Tensor | None:
+        return None if self.D is None else 2.0 * self.D / max(self.n, 1)
 
 
 def _row_qparams(w: Tensor, quantizer: Quantizer) -> tuple[Tensor, Tensor]:
@@ -102,8 +122,12 @@ def gptq_quantize_weight(
     block_columns: int = 128,
     percdamp: float = 0.01,
     act_order: bool = False,
+    D: Tensor | None = None,
 ) -> Tensor:
     """Round ``layer.weight`` with GPTQ on Hessian ``H``; store it and return it.
+
+    With ``D`` (``2/n sum (X_float - X) X^T``, the asymmetric target's cross term) the weight is
+    first moved to the least-squares ``W + W D (H + damp I)^-1`` (see the module docstring).
 
     ``layer.weight_quantizer`` must be calibrated (its scale sets the grid; group scales are
     refitted and written back). With ``act_order`` the columns are rounded in order of
@@ -133,6 +157,10 @@ def gptq_quantize_weight(
     H = H.double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
+    damp = percdamp * torch.mean(torch.diag(H))
+    if D is not None:  # W* = W + W D (H + damp I)^-1; H and D are symmetric/any, solve on H
+        Hd = H + damp * torch.eye(n_cols, dtype=H.dtype)
+        W = W + torch.linalg.solve(Hd, (W @ D.double()).t()).t()
     W[:, dead] = 0.0
     perm = None
     if act_order:
@@ -140,7 +168,6 @@ def gptq_quantize_weight(
             raise EaqError("act_order does not combine with per-group weight scales")
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
-    damp = percdamp * torch.mean(torch.diag(H))
     H.diagonal().add_(damp)
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
@@ -182,14 +209,23 @@ def gptq_quantize_weight(
 
 
 @torch.no_grad()
-def gptq_(model: nn.Module, calib: Batches, *, sequential: bool = True, **kwargs) -> list[str]:
+def gptq_(
+    model: nn.Module,
+    calib: Batches,
+    *,
+    sequential: bool = True,
+    float_model: nn.Module | None = None,
+    **kwargs,
+) -> list[str]:
     """Calibrate ``model``'s quantizers on ``calib`` and GPTQ-round its supported weights.
 
     With ``sequential`` (the default), layers are rounded in module order and each layer's
     Hessian comes from the inputs it gets in the model as quantized so far: the earlier layers
     already rounded and its own input quantized, as it will run. Without it, every Hessian
     comes from the float inputs of one calibration pass (cheaper: one pass instead of one per
-    layer). Returns the names of the GPTQ-rounded layers.
+    layer). With ``float_model`` (the model before quantization, same module names; sequential
+    only), each layer's target is its output on the float model's input: the asymmetric
+    objective of the module docstring. Returns the names of the GPTQ-rounded layers.
     """
     layers = {
         name: m
@@ -209,26 +245,51 @@ def gptq_(model: nn.Module, calib: Batches, *, sequential: bool = True, **kwargs
             hessians[name] = None  # free it
         return list(layers)
 
+    if float_model is not None and not sequential:
+        raise EaqError("gptq: the float target needs sequential=true")
     calibrate_(model, calib)
     model.eval()
+    if float_model is not None:
+        float_model.eval()
     for name, layer in layers.items():
+        float_input: list[Tensor] = []
 
-        def take(mod, inp, name=name):
+        def take_float(mod, inp, buf=float_input):
+            buf.append(inp[0])
+            raise StopForward
+
+        def take(mod, inp, name=name, buf=float_input):
             x = inp[0]
             if mod.input_quantizer is not None:
                 x = mod.input_quantizer(x)
-            hessians[name].add(layer_inputs_2d(mod, x))
+            float_cols = layer_inputs_2d(mod, buf.pop()) if buf else None
+            hessians[name].add(layer_inputs_2d(mod, x), float_cols)
             raise StopForward
 
-        with hooks_on([(layer, take)], pre=True):
+        hooks = [(layer, take)]
+        if float_model is not None:
+            hooks.append((float_model.get_submodule(name), take_float))
+        with hooks_on(hooks, pre=True):
             for images, _ in calib:
+                if float_model is not None:
+                    forward_until_stopped(float_model, images)
                 forward_until_stopped(model, images)
-        gptq_quantize_weight(layer, hessians[name].value(), **kwargs)
+        h = hessians[name]
+        gptq_quantize_weight(layer, h.value(), D=h.correction(), **kwargs)
         hessians[name] = None
     return list(layers)
 
 
-def _check(*, percdamp: float, block_columns: int, act_order: bool, sequential: bool) -> None:
+TARGETS = ("quantized", "float")
+
+
+def _check(
+    *, percdamp: float, block_columns: int, act_order: bool, sequential: bool, target: str
+) -> None:
+    if target not in TARGETS:
+        raise EaqError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "float" and not sequential:
+        raise EaqError("target=float needs sequential=true (each layer's quantized inputs)")
     if percdamp <= 0:
         raise EaqError(f"percdamp must be > 0 (a fraction of the mean diagonal), got {percdamp}")
     if block_columns < 1:
@@ -250,8 +311,10 @@ def gptq(
     block_columns: int = 128,
     act_order: bool = True,
     sequential: bool = True,
+    target: str = "quantized",
 ) -> QuantSummary:
     fold_batchnorm_(model)
+    float_model = copy.deepcopy(model) if target == "float" else None
     summary = quantize_(model, plan)
     if act_order and any(isinstance(c.granularity, PerGroup) for c in plan.configs()):
         raise EaqError(
@@ -261,6 +324,7 @@ def gptq(
         model,
         calib,
         sequential=sequential,
+        float_model=float_model,
         percdamp=percdamp,
         block_columns=block_columns,
         act_order=act_order,

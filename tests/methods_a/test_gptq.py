@@ -134,3 +134,48 @@ def test_sequential_hessians_come_from_the_quantized_model(monkeypatch):
     with torch.no_grad():
         f = model[1](model[0](x)).double()
     assert not torch.allclose(seen[id(m[2])], 2 * f.t() @ f / f.shape[0])
+
+
+def _float_target_errors(bits_w, bits_a):
+    """Output MSE against the float model after GPTQ with each target (two linears, coarse
+    activations, so the second layer's inputs carry the first's and their own quantization)."""
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    calib = _correlated((256, 32), n=4)
+    plan = Plan.uniform(bits_w, bits_a, first_last_8bit=False)
+    x = torch.cat([b for b, _ in calib])
+    errors = {}
+    for target in ("quantized", "float"):
+        m = copy.deepcopy(ref)
+        quantize_model_(m, plan, calib, method="gptq", options={"target": target})
+        with torch.no_grad():
+            errors[target] = (m(x) - ref(x)).square().mean().item()
+    return errors
+
+
+def test_float_target_compensates_the_activations_error():
+    # GPTAQ's objective ||W X - Q X_q||: with 3-bit activations it leaves a far smaller output
+    # error than GPTQ's ||W X_q - Q X_q||, which only sees the weights' own rounding
+    errors = _float_target_errors(8, 3)
+    assert errors["float"] < 0.7 * errors["quantized"]
+
+
+def test_float_target_least_squares_weight():
+    # before rounding, the float target moves W to the least-squares fit of W X on the
+    # quantized inputs X_q; at 16 bits the rounding is negligible, so the stored weight must be
+    # that fit (and not W, which plain GPTQ would keep)
+    from eaq.methods.gptq import gptq_quantize_weight
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 4)).eval()
+    X = torch.randn(2000, 16, dtype=torch.float64)
+    Xq = X.round()  # the inputs on a coarse activation grid
+    quantize_(m, Plan.uniform(16, None, first_last_8bit=False))
+    calibrate_(m, [(X.float(), torch.zeros(2000))])
+    W = m[0].weight.detach().double().clone()
+    H = 2 * Xq.t() @ Xq / 2000
+    D = 2 * (X - Xq).t() @ Xq / 2000
+    gptq_quantize_weight(m[0], H, D=D, percdamp=1e-9)
+    fit = torch.linalg.lstsq(Xq, X @ W.t()).solution.t()
+    torch.testing.assert_close(m[0].weight.detach().double(), fit, atol=1e-4, rtol=0)
+    assert (fit - W).abs().max() > 1e-2
