@@ -35,7 +35,13 @@ from torch import Tensor, nn
 
 from eaq.errors import EaqError
 from eaq.methods.folding import find_conv_bn_pairs, fold_batchnorm_, module_calls
-from eaq.methods.registry import Batches, check_method_options, get_method, register_method
+from eaq.methods.registry import (
+    Batches,
+    check_method_options,
+    get_method,
+    register_method,
+    run_then,
+)
 from eaq.nn import QuantSummary
 from eaq.plan import Plan
 
@@ -243,6 +249,7 @@ def cle(
     absorb_bias: bool = True,
     relu6_to_relu: bool = True,
     then: str = "ptq",
+    then_options: dict | None = None,
 ) -> QuantSummary:
     if relu6_to_relu:
         replaced = replace_relu6_(model)
@@ -264,4 +271,4 @@ def cle(
         with_relu = _relu_between(model, pairs)
         absorbed = absorb_high_bias_(model, with_relu, bn_stats, [scale_of[p] for p in with_relu])
     log.info(f"cle: {len(pairs)} pairs equalized, high bias absorbed in {absorbed}")
-    return get_method(then).fn(model, plan, calib)
+    return run_then(then, model, plan, calib, then_options)

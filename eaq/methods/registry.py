@@ -53,6 +53,10 @@ class Method:
 
 METHODS: Registry[Method] = Registry("method")
 
+THEN_OPTIONS = "then_options"
+"""The option of a method with a ``then`` option that holds the options of the ``then`` method
+(``{then: qdrop, then_options: {iters: 2000}}``); checked against that method's options."""
+
 
 def register_method(
     name: str,
@@ -109,9 +113,23 @@ def check_method_options(name: str, options: dict | None) -> dict:
             )
     if method.check is not None:
         try:
-            method.check(**{**method.options, **options})
+            values = {**method.options, **options}
+            values.pop(THEN_OPTIONS, None)
+            method.check(**values)
         except EaqError as e:
             raise EaqError(f"method {name!r}: {e}") from None
+    if options.get(THEN_OPTIONS) is not None:
+        sub = options[THEN_OPTIONS]
+        then = {**method.options, **options}["then"]
+        if not isinstance(sub, dict):
+            raise EaqError(
+                f"method {name!r} option {THEN_OPTIONS!r} must be a mapping of {then!r}'s "
+                f"options, e.g. {{iters: 2000}}, got {sub!r}"
+            )
+        try:
+            options[THEN_OPTIONS] = check_method_options(then, sub)
+        except EaqError as e:
+            raise EaqError(f"method {name!r} option {THEN_OPTIONS!r}: {e}") from None
     return options
 
 
@@ -144,11 +162,18 @@ def method_chain(name: str, options: dict | None = None) -> list[str]:
     """``name`` followed by the methods it hands over to through a ``then`` option:
     ``["cle", "qdrop"]`` for cle with ``then="qdrop"``."""
     chain = [name]
-    then = {**get_method(name).options, **(options or {})}.get("then")
+    options = {**get_method(name).options, **(options or {})}
+    then = options.get("then")
     while then is not None and then not in chain:
         chain.append(then)
-        then = get_method(then).options.get("then")
+        options = {**get_method(then).options, **(options.get(THEN_OPTIONS) or {})}
+        then = options.get("then")
     return chain
+
+
+def run_then(then: str, model: nn.Module, plan: Plan, calib: Batches, options: dict | None):
+    """Hand over to method ``then`` with its ``options`` (a method's ``then_options``)."""
+    return get_method(then).fn(model, plan, calib, **(options or {}))
 
 
 def check_method_model(name: str, model: nn.Module) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from eaq.errors import EaqError
 from eaq.methods.folding import fold_batchnorm_
-from eaq.methods.registry import Batches, get_method, register_method
+from eaq.methods.registry import Batches, get_method, register_method, run_then
 from eaq.nn import QuantSummary
 from eaq.nn.hooks import hooks_on
 from eaq.plan import Plan
@@ -206,8 +206,15 @@ def _check_repq(*, then: str) -> None:
     needs=("activations",),
     check_model=_check_model,
 )
-def repq(model: nn.Module, plan: Plan, calib: Batches, *, then: str = "ptq") -> QuantSummary:
+def repq(
+    model: nn.Module,
+    plan: Plan,
+    calib: Batches,
+    *,
+    then: str = "ptq",
+    then_options: dict | None = None,
+) -> QuantSummary:
     """Reparameterize every LayerNorm -> Linear pair, then quantize with method ``then``."""
     _check_model(model)
     reparameterize_post_layernorm_(model, calib)
-    return get_method(then).fn(model, plan, calib)
+    return run_then(then, model, plan, calib, then_options)

@@ -213,3 +213,33 @@ def test_a_method_where_it_cannot_apply_is_an_error(name, build, plan, match, op
         quantize_model_(model, plan, calib, name, options)
     for key, value in model.state_dict().items():  # refused before touching the model
         assert torch.equal(value, before[key]), key
+
+
+def test_then_options_reach_the_method_handed_over_to(monkeypatch):
+    import eaq.methods.gptq as gptq_module
+
+    seen = []
+    real = gptq_module.gptq_
+
+    def record(model, calib, **kwargs):
+        seen.append(kwargs.get("float_model") is not None)
+        return real(model, calib, **kwargs)
+
+    monkeypatch.setattr(gptq_module, "gptq_", record)
+    for then_options in (None, {"target": "float"}):
+        options = {"then": "gptq", "then_options": then_options}
+        quantize_model_(_vit(), Plan.uniform(4, 8), _images(), "repq", options)
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"then": "gptq", "then_options": {"target": "fp32"}}, "method 'gptq': target must be"),
+        ({"then": "gptq", "then_options": {"iters": 5}}, "'gptq' has no option"),
+        ({"then": "gptq", "then_options": 5}, "must be a mapping of 'gptq'"),
+    ],
+)
+def test_then_options_are_checked_against_the_method_handed_over_to(options, match):
+    with pytest.raises(EaqError, match=match):
+        quantize_model_(_vit(), Plan.uniform(4, 8), _images(), "repq", options)
