@@ -158,7 +158,7 @@ def gptq_quantize_weight(
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     damp = percdamp * torch.mean(torch.diag(H))
-    if D is not None:  # W* = W + W D (H + damp I)^-1; H and D are symmetric/any, solve on H
+    if D is not None:  # W* = W + W D Hd^-1, with Hd = H + damp I symmetric
         Hd = H + damp * torch.eye(n_cols, dtype=H.dtype)
         W = W + torch.linalg.solve(Hd, (W @ D.double()).t()).t()
     W[:, dead] = 0.0
@@ -232,6 +232,8 @@ def gptq_(
         for name, m in model.named_modules()
         if isinstance(m, QuantConv2d | QuantLinear) and gptq_supported(m)
     }
+    if float_model is not None and not sequential:
+        raise EaqError("gptq: the float target needs sequential=true")
     hessians = {name: _Hessian() for name in layers}
     if not sequential:
         pairs = [
@@ -245,8 +247,6 @@ def gptq_(
             hessians[name] = None  # free it
         return list(layers)
 
-    if float_model is not None and not sequential:
-        raise EaqError("gptq: the float target needs sequential=true")
     calibrate_(model, calib)
     model.eval()
     if float_model is not None:

@@ -179,3 +179,12 @@ def test_float_target_least_squares_weight():
     fit = torch.linalg.lstsq(Xq, X @ W.t()).solution.t()
     torch.testing.assert_close(m[0].weight.detach().double(), fit, atol=1e-4, rtol=0)
     assert (fit - W).abs().max() > 1e-2
+
+
+def test_float_target_without_sequential_is_an_error():
+    from eaq.errors import EaqError
+
+    m = nn.Sequential(nn.Linear(8, 4)).eval()
+    quantize_(m, Plan.uniform(4, 8, first_last_8bit=False))
+    with pytest.raises(EaqError, match="needs sequential"):
+        gptq_(m, _correlated((16, 8)), sequential=False, float_model=copy.deepcopy(m))
