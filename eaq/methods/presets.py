@@ -46,7 +46,12 @@ class Preset:
         """The settings as the command-line options that would give them."""
         parts = [f"--{k.replace('_', '-')} {v}" for k, v in self.layer_options.items()]
         parts.append(f"--method {self.method}")
-        parts += [f"--method-option {k}={v}" for k, v in self.method_options.items()]
+        for k, v in self.method_options.items():
+            if isinstance(v, dict):  # a YAML flow mapping, quoted for the shell
+                inner = ", ".join(f"{ik}: {iv}" for ik, iv in v.items())
+                parts.append(f'--method-option "{k}={{{inner}}}"')
+            else:
+                parts.append(f"--method-option {k}={v}")
         return " ".join(parts)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from eaq.errors import EaqError
 from eaq.methods import check_method_options, get_method
-from eaq.methods.presets import PRESETS, model_family, preset_for
+from eaq.methods.presets import PRESETS, Preset, model_family, preset_for
 from eaq.models import create_model
 from eaq.plan import LAYER_OPTIONS, layer_config
 
@@ -33,3 +33,14 @@ def test_every_preset_names_valid_settings_for_every_family():
 def test_unknown_preset():
     with pytest.raises(EaqError, match="unknown preset 'x'"):
         preset_for("x", create_model("resnet20_cifar", weights="random"))
+
+
+def test_describe_gives_options_the_command_line_reads_back():
+    import shlex
+
+    from eaq.cli.common import parse_method_options
+
+    preset = Preset("repq", {"then": "gptq", "then_options": {"target": "float"}}, {})
+    words = shlex.split(preset.describe())
+    items = [words[i + 1] for i, w in enumerate(words) if w == "--method-option"]
+    assert parse_method_options("repq", items) == preset.method_options
