@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import yaml
 from torch import nn
 
 from eaq.errors import EaqError, choices_hint
@@ -48,8 +49,8 @@ class Preset:
         parts.append(f"--method {self.method}")
         for k, v in self.method_options.items():
             if isinstance(v, dict):  # a YAML flow mapping, quoted for the shell
-                inner = ", ".join(f"{ik}: {iv}" for ik, iv in v.items())
-                parts.append(f'--method-option "{k}={{{inner}}}"')
+                flow = yaml.safe_dump(v, default_flow_style=True, sort_keys=False).strip()
+                parts.append(f'--method-option "{k}={flow}"')
             else:
                 parts.append(f"--method-option {k}={v}")
         return " ".join(parts)
