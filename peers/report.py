@@ -12,6 +12,9 @@ test images, any method, calibration seed 0. Its calibration size is shown, sinc
 studies do not all calibrate on the peers' 256 images. A ``note`` column flags the cells the
 issue asks about: a peer more than 0.3 points above eaq's best, or within 0.3 points and
 faster.
+
+Per model, the page also shows eaq's report Pareto plot (``eaq report --peers``) of the study
+named in ``FRONTS`` with the peers' points on it, written to ``docs/figures/peers/``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ("model", "width", "peer", "recipe")
 MARGIN = 0.3  # points: "beats eaq" / "equal accuracy" in the notes
+# The stored eaq study whose configurations make each model's Pareto plot: the one that runs
+# every preset at its widths with 3 seeds.
+FRONTS = {
+    "resnet18_cifar": "ptq-targets-cifar100.json",
+    "deit_tiny_cifar": "ptq-targets-cifar100.json",
+    "mobilenetv2_cifar": "mobilenetv2-cifar100.json",
+}
 CSV_FIELDS = (
     "model",
     "width",
@@ -180,7 +190,34 @@ def _fmt(v, digits: int = 2) -> str:
     return str(v)
 
 
-def markdown(rows: list[dict], peers: list[dict]) -> str:
+def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
+    """Per model with a study in ``FRONTS``: eaq's report Pareto plot of that study's rows
+    with the peers' full-test-set points (``eaq report --peers``), as ``folder/MODEL_pareto.png``.
+    Returns model -> the figure's path."""
+    from eaq.study.report import pareto_plot, peer_points, summarize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for model in sorted({r["model"] for r in read_store(store)}):
+        source = results / FRONTS.get(model, "")
+        if model not in FRONTS or not source.is_file():
+            print(f"{model}: no stored eaq study in FRONTS ({source.name or 'none'}); no plot")
+            continue
+        stored = json.loads(source.read_text())
+        rows = [r for r in stored["rows"] if r["model"] == model]
+        n_images = {r["n_images"] for r in rows}
+        points = [
+            p
+            for p in peer_points(store, stored["study"]["profile"])
+            if p["model"] == model and p["n_images"] in n_images
+        ]
+        name = pareto_plot(summarize(rows), model, folder, peers=points)
+        (folder / name).with_suffix(".svg").unlink()  # the page shows the PNG
+        figures[model] = str(folder / name)
+    return figures
+
+
+def markdown(rows: list[dict], peers: list[dict], figures: dict[str, str] | None = None) -> str:
     versions = sorted({(p["peer"], p["peer_version"]) for p in peers if p.get("peer_version")})
     lines = [
         "# eaq beside the peer toolkits",
@@ -207,6 +244,16 @@ def markdown(rows: list[dict], peers: list[dict]) -> str:
             raise SystemExit(f"error: {model}'s rows disagree on FP32 top-1 or test images")
         fp32 = ms[0]["fp32_top1"]
         lines += [f"## {model} (FP32 {fp32:.2f}, {ms[0]['n_images']} test images)", ""]
+        if model in (figures or {}):
+            study = FRONTS[model].removesuffix(".json")
+            lines += [
+                f"![{model}: top-1 against relative energy, eaq and the peers]"
+                f"({figures[model]})",
+                "",
+                f"eaq's points are the `{study}` study's configurations (mean of its seeds, "
+                "the dashed line its Pareto front); each cross is a peer recipe's row below.",
+                "",
+            ]
         head = (
             "width | peer / recipe | status | top-1 | calib s | layers | attn | energy | "
             "eaq best (method, calib images, attn) | eaq top-1 | eaq calib s | diff | note"
@@ -250,7 +297,9 @@ def markdown(rows: list[dict], peers: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(store: Path, results: Path, csv_path: Path, doc: Path) -> list[dict]:
+def write_outputs(
+    store: Path, results: Path, csv_path: Path, doc: Path, figures: Path | None = None
+) -> list[dict]:
     if not store.is_file():
         raise SystemExit(
             f"error: {store} does not exist; import a full run first: "
@@ -262,8 +311,10 @@ def write_outputs(store: Path, results: Path, csv_path: Path, doc: Path) -> list
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    doc.write_text(markdown(rows, peers))
-    print(f"{len(rows)} rows -> {csv_path}, {doc}")
+    drawn = write_figures(store, results, figures) if figures is not None else {}
+    links = {m: Path(f).relative_to(doc.parent).as_posix() for m, f in drawn.items()}
+    doc.write_text(markdown(rows, peers, links))
+    print(f"{len(rows)} rows -> {csv_path}, {doc}" + (f", {len(drawn)} plots" if drawn else ""))
     return rows
 
 
@@ -280,11 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="results folder")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "peers.md", help="page")
+    parser.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="leave out the Pareto plots (written to the page's figures/peers/ folder)",
+    )
     args = parser.parse_args(argv)
     store = args.results / "peers.json"
     if args.run is not None:
         import_rows(args.run, store)
-    write_outputs(store, args.results, args.results / "peers.csv", args.doc)
+    figures = None if args.no_plots else args.doc.parent / "figures" / "peers"
+    write_outputs(store, args.results, args.results / "peers.csv", args.doc, figures)
     return 0
 
 

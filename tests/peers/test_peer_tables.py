@@ -128,7 +128,11 @@ def test_committed_peer_tables_are_what_the_stored_rows_give(tmp_path, capsys):
     if not store.is_file():
         pytest.skip("no peer rows stored yet")
     csv_path, doc = tmp_path / "peers.csv", tmp_path / "peers.md"
-    report.write_outputs(store, root / "results", csv_path, doc)
+    figures = tmp_path / "figures" / "peers"
+    report.write_outputs(store, root / "results", csv_path, doc, figures)
+    assert sorted(f.name for f in figures.iterdir()) == sorted(
+        f"{m}_pareto.png" for m in report.FRONTS if f"## {m} (" in doc.read_text()
+    )
     for made, committed in (
         (doc, root / "docs" / "peers.md"),
         (csv_path, store.with_suffix(".csv")),
