@@ -247,8 +247,7 @@ def markdown(rows: list[dict], peers: list[dict], figures: dict[str, str] | None
         if model in (figures or {}):
             study = FRONTS[model].removesuffix(".json")
             lines += [
-                f"![{model}: top-1 against relative energy, eaq and the peers]"
-                f"({figures[model]})",
+                f"![{model}: top-1 against relative energy, eaq and the peers]({figures[model]})",
                 "",
                 f"eaq's points are the `{study}` study's configurations (mean of its seeds, "
                 "the dashed line its Pareto front); each cross is a peer recipe's row below.",
