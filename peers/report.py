@@ -198,6 +198,7 @@ def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     figures = {}
+    points_by_profile: dict[str, list[dict]] = {}  # the store read once per energy profile
     for model in sorted({r["model"] for r in read_store(store)}):
         source = results / FRONTS.get(model, "")
         if model not in FRONTS or not source.is_file():
@@ -206,9 +207,12 @@ def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
         stored = json.loads(source.read_text())
         rows = [r for r in stored["rows"] if r["model"] == model]
         n_images = {r["n_images"] for r in rows}
+        profile = stored["study"]["profile"]
+        if profile not in points_by_profile:
+            points_by_profile[profile] = peer_points(store, profile)
         points = [
             p
-            for p in peer_points(store, stored["study"]["profile"])
+            for p in points_by_profile[profile]
             if p["model"] == model and p["n_images"] in n_images
         ]
         name = pareto_plot(summarize(rows), model, folder, peers=points)
