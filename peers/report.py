@@ -28,12 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ("model", "width", "peer", "recipe")
 MARGIN = 0.3  # points: "beats eaq" / "equal accuracy" in the notes
-# The stored eaq study whose configurations make each model's Pareto plot: the one that runs
-# every preset at its widths with 3 seeds.
+# The stored eaq studies whose configurations make each model's Pareto plot: those that run
+# the presets and plain PTQ at the peers' widths with 3 seeds, on all test images (below 4 bits,
+# the plain-PTQ points near 0% would squeeze the rest into a line).
 FRONTS = {
-    "resnet18_cifar": "ptq-targets-cifar100.json",
-    "deit_tiny_cifar": "ptq-targets-cifar100.json",
-    "mobilenetv2_cifar": "mobilenetv2-cifar100.json",
+    "resnet18_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
+    "deit_tiny_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
+    "mobilenetv2_cifar": ("mobilenetv2-cifar100.json",),
+    "resnet20_cifar": ("resnet20-cifar10-widths.json",),
 }
 CSV_FIELDS = (
     "model",
@@ -190,8 +192,33 @@ def _fmt(v, digits: int = 2) -> str:
     return str(v)
 
 
+def front_rows(sources: list[Path], model: str) -> tuple[list[dict], str]:
+    """``model``'s rows of the stored studies ``sources`` and their energy profile. One FP32
+    row set is kept; a configuration name in two studies, or two profiles, is an error, since
+    their rows would be averaged as one point."""
+    rows: list[dict] = []
+    profiles, seen = set(), {}
+    for source in sources:
+        stored = json.loads(source.read_text())
+        profiles.add(stored["study"]["profile"])
+        for r in stored["rows"]:
+            if r["model"] != model:
+                continue
+            if r["strategy"] == "fp32" and seen.get(r["config"], source.name) != source.name:
+                continue
+            if seen.setdefault(r["config"], source.name) != source.name:
+                raise SystemExit(
+                    f"error: {model} config {r['config']!r} is in both {seen[r['config']]} and "
+                    f"{source.name}; rename one for the plot"
+                )
+            rows.append(r)
+    if len(profiles) > 1:
+        raise SystemExit(f"error: {model}'s studies use profiles {sorted(profiles)}; need one")
+    return rows, profiles.pop()
+
+
 def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
-    """Per model with a study in ``FRONTS``: eaq's report Pareto plot of that study's rows
+    """Per model with studies in ``FRONTS``: eaq's report Pareto plot of those studies' rows
     with the peers' full-test-set points (``eaq report --peers``), as ``folder/MODEL_pareto.png``.
     Returns model -> the figure's path."""
     from eaq.study.report import pareto_plot, peer_points, summarize
@@ -200,14 +227,13 @@ def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
     figures = {}
     points_by_profile: dict[str, list[dict]] = {}  # the store read once per energy profile
     for model in sorted({r["model"] for r in read_store(store)}):
-        source = results / FRONTS.get(model, "")
-        if model not in FRONTS or not source.is_file():
-            print(f"{model}: no stored eaq study in FRONTS ({source.name or 'none'}); no plot")
+        sources = [results / name for name in FRONTS.get(model, ())]
+        missing = [s.name for s in sources if not s.is_file()]
+        if not sources or missing:
+            print(f"{model}: no stored eaq study {' '.join(missing)} in FRONTS; no plot")
             continue
-        stored = json.loads(source.read_text())
-        rows = [r for r in stored["rows"] if r["model"] == model]
+        rows, profile = front_rows(sources, model)
         n_images = {r["n_images"] for r in rows}
-        profile = stored["study"]["profile"]
         if profile not in points_by_profile:
             points_by_profile[profile] = peer_points(store, profile)
         points = [
@@ -249,12 +275,13 @@ def markdown(rows: list[dict], peers: list[dict], figures: dict[str, str] | None
         fp32 = ms[0]["fp32_top1"]
         lines += [f"## {model} (FP32 {fp32:.2f}, {ms[0]['n_images']} test images)", ""]
         if model in (figures or {}):
-            study = FRONTS[model].removesuffix(".json")
+            studies = ", ".join(f"`{name.removesuffix('.json')}`" for name in FRONTS[model])
             lines += [
                 f"![{model}: top-1 against relative energy, eaq and the peers]({figures[model]})",
                 "",
-                f"eaq's points are the `{study}` study's configurations (mean of its seeds, "
-                "the dashed line its Pareto front); each cross is a peer recipe's row below.",
+                f"eaq's points are the configurations of the studies {studies} (mean of their "
+                "seeds, the dashed line their Pareto front); each cross is a peer recipe's row "
+                "below.",
                 "",
             ]
         head = (

@@ -120,6 +120,25 @@ def test_import_keeps_full_runs_only_and_the_last_row_of_a_cell(tmp_path):
         report.import_rows(run, tmp_path / "other.json")
 
 
+def test_front_rows_merge_studies_and_refuse_a_name_in_two(tmp_path):
+    def study(name, configs, profile="seed"):
+        rows = [
+            {"model": "m", "config": c, "strategy": "fp32" if c == "FP32" else "uniform"}
+            for c in configs
+        ] + [{"model": "other", "config": "W8A8", "strategy": "uniform"}]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"study": {"profile": profile}, "rows": rows}))
+        return path
+
+    a, b = study("a", ["FP32", "W4A4"]), study("b", ["FP32", "W4A8"])
+    rows, profile = report.front_rows([a, b], "m")
+    assert [r["config"] for r in rows] == ["FP32", "W4A4", "W4A8"] and profile == "seed"
+    with pytest.raises(SystemExit, match="'W4A4' is in both a.json and c.json"):
+        report.front_rows([a, study("c", ["FP32", "W4A4"])], "m")
+    with pytest.raises(SystemExit, match="profiles"):
+        report.front_rows([a, study("d", ["W6A6"], profile="horowitz45nm")], "m")
+
+
 def test_committed_peer_tables_are_what_the_stored_rows_give(tmp_path, capsys):
     """docs/peers.md and results/peers.csv are written from results/peers.json and eaq's
     results/*.json; after either changes, rerun `python peers/report.py`."""
