@@ -230,7 +230,8 @@ def write_figures(store: Path, results: Path, folder: Path) -> dict[str, str]:
         sources = [results / name for name in FRONTS.get(model, ())]
         missing = [s.name for s in sources if not s.is_file()]
         if not sources or missing:
-            print(f"{model}: no stored eaq study {' '.join(missing)} in FRONTS; no plot")
+            why = f"{', '.join(missing)} not in {results}" if missing else "no study in FRONTS"
+            print(f"{model}: {why}; no plot")
             continue
         rows, profile = front_rows(sources, model)
         n_images = {r["n_images"] for r in rows}
