@@ -27,6 +27,11 @@ as GPTQ's, shrinks only the correction). Then GPTQ on ``W*`` with ``H = 2 X_q X_
 ``W X - W* X_q`` is orthogonal to the rows of ``X_q``, minimising ``||W* X_q - Q X_q||^2``
 minimises the asymmetric objective. The weight grid stays the one calibrated on ``W``.
 
+With ``bias_correction`` the method ends with empirical bias correction
+(:func:`eaq.methods.bias_correction.bias_correct_`): every quantized layer's bias absorbs the
+per-channel mean shift between its output in the float model and in the GPTQ-rounded one, as
+Brevitas's GPTQ recipe does. GPTQ minimises a squared error, which leaves such shifts in place.
+
 Layers GPTQ leaves at round-to-nearest: grouped/depthwise convs, non-zero padding modes and
 per-channel granularities along an axis other than 0.
 """
@@ -41,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eaq.errors import EaqError
+from eaq.methods.bias_correction import bias_correct_
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
@@ -284,7 +290,13 @@ TARGETS = ("quantized", "float")
 
 
 def _check(
-    *, percdamp: float, block_columns: int, act_order: bool, sequential: bool, target: str
+    *,
+    percdamp: float,
+    block_columns: int,
+    act_order: bool,
+    sequential: bool,
+    target: str,
+    bias_correction: bool,
 ) -> None:
     if target not in TARGETS:
         raise EaqError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
@@ -298,7 +310,8 @@ def _check(
 
 @register_method(
     "gptq",
-    "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations",
+    "BatchNorm folding, GPTQ weight rounding (Frantar et al. 2022), PTQ activations, "
+    "optionally bias correction",
     check=_check,
     needs=("weights",),
 )
@@ -312,9 +325,11 @@ def gptq(
     act_order: bool = True,
     sequential: bool = True,
     target: str = "quantized",
+    bias_correction: bool = False,
 ) -> QuantSummary:
     fold_batchnorm_(model)
-    float_model = copy.deepcopy(model) if target == "float" else None
+    reference = copy.deepcopy(model).eval() if target == "float" or bias_correction else None
+    float_model = reference if target == "float" else None
     summary = quantize_(model, plan)
     if act_order and any(isinstance(c.granularity, PerGroup) for c in plan.configs()):
         raise EaqError(
@@ -329,4 +344,6 @@ def gptq(
         block_columns=block_columns,
         act_order=act_order,
     )
+    if bias_correction:
+        bias_correct_(model, reference, calib)
     return summary

@@ -188,3 +188,24 @@ def test_float_target_without_sequential_is_an_error():
     quantize_(m, Plan.uniform(4, 8, first_last_8bit=False))
     with pytest.raises(EaqError, match="needs sequential"):
         gptq_(m, _correlated((16, 8)), sequential=False, float_model=copy.deepcopy(m))
+
+
+def test_bias_correction_removes_the_mean_shift_gptq_leaves():
+    torch.manual_seed(0)
+    ref = nn.Sequential(
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1)
+    ).eval()
+    with torch.no_grad():  # a BatchNorm that is not the identity, so folding matters
+        ref[1].running_mean.uniform_(-0.5, 0.5)
+        ref[1].running_var.uniform_(0.5, 2.0)
+    calib = _correlated((8, 8, 8, 8))
+    x = torch.cat([b for b, _ in calib])
+    plan = Plan.uniform(3, None, first_last_8bit=False)
+    errors = {}
+    for bc in (False, True):
+        model = copy.deepcopy(ref)
+        quantize_model_(model, plan, calib, method="gptq", options={"bias_correction": bc})
+        with torch.no_grad():
+            errors[bc] = (model(x) - ref(x)).mean((0, 2, 3)).abs().max().item()
+    assert errors[False] > 1e-3
+    assert errors[True] < 1e-4
