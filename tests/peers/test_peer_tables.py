@@ -160,3 +160,22 @@ def test_committed_peer_tables_are_what_the_stored_rows_give(tmp_path, capsys):
             f"{committed.relative_to(root)} differs from what the stored rows give; "
             "run `python peers/report.py`"
         )
+
+
+def test_a_peer_is_not_faster_at_equal_accuracy_than_an_eaq_row_faster_still():
+    rows = [
+        _eaq_row("W4A8-best", 70.0, 4, 8) | {"calib_seconds": 400.0},
+        _eaq_row("W4A8-gptq", 69.8, 4, 8) | {"calib_seconds": 20.0},
+        _eaq_row("W4A8-mse", 65.0, 4, 8) | {"calib_seconds": 2.0},
+    ]
+    same = report.eaq_same_width(rows, "deit_tiny_cifar", "W4A8", 10000)
+    best = report.eaq_best(rows, "deit_tiny_cifar", "W4A8", 10000)
+    fastest = report.eaq_fastest(same, best)
+    assert (best["config"], fastest["config"]) == ("W4A8-best", "W4A8-gptq")
+    peer = {"status": "ok", "top1": 69.9}
+    assert report.note(peer | {"calib_seconds": 10.0}, best, fastest) == (
+        "peer as accurate and faster"
+    )
+    assert report.note(peer | {"calib_seconds": 90.0}, best, fastest) == (
+        "faster than eaq's best; eaq's W4A8-gptq is as accurate in 20.0 s"
+    )
