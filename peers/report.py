@@ -36,7 +36,7 @@ FRONTS = {
     "resnet18_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
     "deit_tiny_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
     "mobilenetv2_cifar": ("mobilenetv2-cifar100.json",),
-    "resnet20_cifar": ("resnet20-cifar10-widths.json",),
+    "resnet20_cifar": ("resnet20-cifar10-widths.json", "gptq-w4a8-resnet20-cifar10.json"),
 }
 CSV_FIELDS = (
     "model",
