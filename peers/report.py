@@ -148,7 +148,11 @@ def eaq_best(
     rows: list[dict], model: str, width: str, n_images: int, attention: bool | None = None
 ) -> dict | None:
     """eaq's most accurate row of :func:`eaq_same_width`; None when eaq has no row."""
-    same = eaq_same_width(rows, model, width, n_images, attention)
+    return most_accurate(eaq_same_width(rows, model, width, n_images, attention))
+
+
+def most_accurate(same: list[dict]) -> dict | None:
+    """The row of ``same`` with the highest top-1; None for no rows."""
     return max(same, key=lambda r: r["top1"]) if same else None
 
 
@@ -187,7 +191,7 @@ def table_rows(peers: list[dict], eaq: list[dict]) -> list[dict]:
         same = eaq_same_width(
             eaq, p["model"], p["width"], p["n_images"], p.get("attention_matmuls")
         )
-        best = max(same, key=lambda r: r["top1"]) if same else None
+        best = most_accurate(same)
         energy = p.get("relative_energy") or {}
         row = {k: p.get(k) for k in CSV_FIELDS if k in p}
         row |= {
