@@ -65,8 +65,9 @@ def add_parser(sub) -> None:
         default=None,
         metavar="NAME",
         help="'best': eaq's best measured recipe for the model's family (ViT, depthwise CNN, "
-        "CNN): it sets the method, its options and the observers/attention quantizers, and "
-        "prints them; the widths stay yours (docs/methods.md)",
+        "CNN) and activation width: it sets the method, its options and the "
+        "observers/attention quantizers, and prints them; the widths stay yours "
+        "(docs/methods.md)",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     d = p.add_argument_group("deployment")
@@ -94,7 +95,7 @@ def add_parser(sub) -> None:
 def _apply_preset(args: argparse.Namespace, model) -> tuple:
     """Set ``args``' method and quantizer settings from ``--preset``; the plan and method
     options they give. Settings the user also gave are an error, not silently replaced."""
-    preset = preset_for(args.preset, model)
+    preset = preset_for(args.preset, model, args.a_bits)
     if args.plan is not None:
         raise EaqError("--preset sets the settings of a uniform plan; drop --plan or --preset")
     clash = [f"--method {args.method}"] if args.method != "ptq" else []
@@ -111,7 +112,7 @@ def _apply_preset(args: argparse.Namespace, model) -> tuple:
     for key, value in preset.layer_options.items():
         setattr(args, key, value)
     args.method = preset.method
-    log(f"preset {args.preset} ({model_family(model)}): {preset.describe()}")
+    log(f"preset {args.preset} ({model_family(model)}, A{args.a_bits}): {preset.describe()}")
     return plan_from_args(args), check_method_options(preset.method, preset.method_options)
 
 

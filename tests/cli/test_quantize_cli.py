@@ -229,9 +229,36 @@ def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_roo
         "--json",
     )
     assert code == 0, err
-    assert "preset best (vit): --observer mse" in err
+    assert "preset best (vit, A4): --observer mse" in err
     r = json.loads(out)
     assert (r["preset"], r["method"], r["observer"]) == ("best", "repq", "mse")
     assert r["method_options"] == {"then": "ptq"}
     layer = r["plan"]["default"]
     assert (layer["softmax_quantizer"], layer["gelu_quantizer"]) == ("log2", "twin")
+
+
+def test_preset_best_on_a_cnn_at_8_bit_activations_is_gptq_with_bias_correction(capsys, data_root):
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20_cifar",
+        "--data-root",
+        str(data_root),
+        "--w-bits",
+        "4",
+        "--a-bits",
+        "8",
+        "--limit",
+        "32",
+        "--calib-size",
+        "16",
+        "--preset",
+        "best",
+        "--json",
+    )
+    assert code == 0, err
+    assert "preset best (cnn, A8): --observer mse --w-observer mse --method gptq" in err
+    r = json.loads(out)
+    assert (r["preset"], r["method"]) == ("best", "gptq")
+    assert r["method_options"] == {"bias_correction": True}
