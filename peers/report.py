@@ -33,8 +33,16 @@ MARGIN = 0.3  # points: "beats eaq" / "equal accuracy" in the notes
 # the presets and plain PTQ at the peers' widths with 3 seeds, on all test images (below 4 bits,
 # the plain-PTQ points near 0% would squeeze the rest into a line).
 FRONTS = {
-    "resnet18_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
-    "deit_tiny_cifar": ("ptq-targets-cifar100.json", "ptq-widths-cifar100.json"),
+    "resnet18_cifar": (
+        "ptq-targets-cifar100.json",
+        "ptq-widths-cifar100.json",
+        "gptq-w4a8-cifar100.json",
+    ),
+    "deit_tiny_cifar": (
+        "ptq-targets-cifar100.json",
+        "ptq-widths-cifar100.json",
+        "deit-tiny-cifar100-noattn-widths.json",
+    ),
     "mobilenetv2_cifar": ("mobilenetv2-cifar100.json",),
     "resnet20_cifar": ("resnet20-cifar10-widths.json", "gptq-w4a8-resnet20-cifar10.json"),
 }
