@@ -202,24 +202,19 @@ def test_method_options_and_calibration_time_in_json(capsys, data_root):
     assert "gptq: quantized and calibrated in" in err
 
 
-def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_root, monkeypatch):
-    from dataclasses import replace
-
-    from eaq.methods.presets import PRESETS
-
-    vit = PRESETS["best"]["vit"]  # its method options, but PTQ after repq: seconds, not minutes
-    monkeypatch.setitem(PRESETS["best"], "vit", replace(vit, method_options={"then": "ptq"}))
-    code, out, err = run_cli(
+def _quantize_with_preset_best(capsys, data_root, model: str, a_bits: int):
+    """``eaq quantize --preset best --json`` at W4 and ``a_bits`` on a few images."""
+    return run_cli(
         capsys,
         "quantize",
         "--model",
-        "deit_tiny_cifar",
+        model,
         "--data-root",
         str(data_root),
         "--w-bits",
         "4",
         "--a-bits",
-        "4",
+        str(a_bits),
         "--limit",
         "32",
         "--calib-size",
@@ -228,6 +223,16 @@ def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_roo
         "best",
         "--json",
     )
+
+
+def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_root, monkeypatch):
+    from dataclasses import replace
+
+    from eaq.methods.presets import PRESETS
+
+    vit = PRESETS["best"]["vit"]  # its method options, but PTQ after repq: seconds, not minutes
+    monkeypatch.setitem(PRESETS["best"], "vit", replace(vit, method_options={"then": "ptq"}))
+    code, out, err = _quantize_with_preset_best(capsys, data_root, "deit_tiny_cifar", 4)
     assert code == 0, err
     assert "preset best (vit, A4): --observer mse" in err
     r = json.loads(out)
@@ -238,25 +243,7 @@ def test_preset_best_on_the_vit_prints_and_records_its_settings(capsys, data_roo
 
 
 def test_preset_best_on_a_cnn_at_8_bit_activations_is_gptq_with_bias_correction(capsys, data_root):
-    code, out, err = run_cli(
-        capsys,
-        "quantize",
-        "--model",
-        "resnet20_cifar",
-        "--data-root",
-        str(data_root),
-        "--w-bits",
-        "4",
-        "--a-bits",
-        "8",
-        "--limit",
-        "32",
-        "--calib-size",
-        "16",
-        "--preset",
-        "best",
-        "--json",
-    )
+    code, out, err = _quantize_with_preset_best(capsys, data_root, "resnet20_cifar", 8)
     assert code == 0, err
     assert "preset best (cnn, A8): --observer mse --w-observer mse --method gptq" in err
     r = json.loads(out)
