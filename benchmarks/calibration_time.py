@@ -3,20 +3,23 @@
 For each model and method: the seconds :func:`eaq.methods.quantize_model_` takes to quantize and
 calibrate the model on ``--calib`` images (random weights and images: the time does not depend
 on them), and the ratio to plain ``ptq``. A method may carry options after a colon, e.g.
-``ranking:search_steps=20,rounds=1``. Not a test.
+``ranking:search_steps=20,rounds=1``. With ``--whole-passes``, each method is also timed with
+:class:`eaq.nn.hooks.ProgressiveReplay` switched off (sequential GPTQ and bias correction then
+run every pass from the image), and the speed-up of the replay is printed beside it. Not a test.
 
 With ``--studies``, nothing is run: the calibration seconds that finished studies stored with
 each row (the real checkpoints and training images on the machine that ran them) are
 summarised per model, configuration and method, over the seeds (mean, min, max).
 
     python benchmarks/calibration_time.py [--models M ...] [--methods SPEC ...] [--calib 64]
-        [--w-bits 4] [--a-bits 4] [--json]
+        [--w-bits 4] [--a-bits 4] [--whole-passes] [--json]
     python benchmarks/calibration_time.py --studies runs/ptq-targets-cifar100 results/X.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -30,6 +33,7 @@ import yaml
 from eaq.errors import EaqError
 from eaq.methods import check_method_options, quantize_model_
 from eaq.models import create_model, get_model_info
+from eaq.nn.hooks import ProgressiveReplay
 from eaq.plan import Plan
 from eaq.table import format_table
 
@@ -44,7 +48,22 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, check_method_options(name, options)
 
 
-def bench(model_name: str, specs: list[str], n: int, w_bits: int, a_bits: int) -> list[dict]:
+def _seconds(model, plan, calib, name, options, replay: bool = True) -> float:
+    work = copy.deepcopy(model)
+    before = ProgressiveReplay.before
+    if not replay:
+        ProgressiveReplay.before = lambda *_: contextlib.nullcontext()
+    try:
+        start = time.perf_counter()
+        quantize_model_(work, plan, calib, name, options)
+        return time.perf_counter() - start
+    finally:
+        ProgressiveReplay.before = before
+
+
+def bench(
+    model_name: str, specs: list[str], n: int, w_bits: int, a_bits: int, whole: bool = False
+) -> list[dict]:
     torch.manual_seed(0)
     info = get_model_info(model_name)
     model = create_model(model_name, weights="random").eval()
@@ -57,17 +76,16 @@ def bench(model_name: str, specs: list[str], n: int, w_bits: int, a_bits: int) -
     rows = []
     for spec in ["ptq", *[x for x in specs if x != "ptq"]]:
         name, options = parse_spec(spec)
-        work = copy.deepcopy(model)
-        start = time.perf_counter()
-        quantize_model_(work, plan, calib, name, options)
-        rows.append(
-            {
-                "model": model_name,
-                "method": spec,
-                "calib_images": n,
-                "seconds": time.perf_counter() - start,
-            }
-        )
+        row = {
+            "model": model_name,
+            "method": spec,
+            "calib_images": n,
+            "seconds": _seconds(model, plan, calib, name, options),
+        }
+        if whole:
+            row["whole_passes_seconds"] = _seconds(model, plan, calib, name, options, False)
+            row["replay_speedup"] = row["whole_passes_seconds"] / row["seconds"]
+        rows.append(row)
     for r in rows:
         r["x_ptq"] = r["seconds"] / rows[0]["seconds"]
     return rows
@@ -125,6 +143,11 @@ def main() -> int:
     p.add_argument("--calib", type=int, default=64)
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=int, default=4)
+    p.add_argument(
+        "--whole-passes",
+        action="store_true",
+        help="also time each method without replaying finished blocks, and print the speed-up",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--studies",
@@ -164,14 +187,19 @@ def main() -> int:
         )
         return 0
     rows = [
-        r for m in args.models for r in bench(m, args.methods, args.calib, args.w_bits, args.a_bits)
+        r
+        for m in args.models
+        for r in bench(m, args.methods, args.calib, args.w_bits, args.a_bits, args.whole_passes)
     ]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    header = ["model", "method", "images", "seconds", "x ptq"]
+    if args.whole_passes:
+        header += ["whole passes s", "replay speed-up"]
     print(
         format_table(
-            ["model", "method", "images", "seconds", "x ptq"],
+            header,
             [
                 (
                     r["model"],
@@ -179,6 +207,11 @@ def main() -> int:
                     r["calib_images"],
                     round(r["seconds"], 2),
                     round(r["x_ptq"], 1),
+                )
+                + (
+                    (round(r["whole_passes_seconds"], 2), round(r["replay_speedup"], 2))
+                    if args.whole_passes
+                    else ()
                 )
                 for r in rows
             ],

@@ -8,7 +8,9 @@ float model's output and the quantized model's output on the calibration images:
     bias += E[y_float] - E[y_quant]     (mean over the batch and, for convs, the positions)
 
 Each layer is measured after the earlier layers were corrected, so a correction also covers the
-shift the earlier quantized layers left in its input. Layers without a bias get one.
+shift the earlier quantized layers left in its input. Layers without a bias get one. The passes
+that measure a layer replay the outputs of the blocks already corrected
+(:class:`~eaq.nn.hooks.ProgressiveReplay`) rather than recomputing them from the image.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from torch import Tensor, nn
 
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
+from eaq.models.blocks import outer_blocks
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
-from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
+from eaq.nn.hooks import ProgressiveReplay, StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 
 __all__ = ["bias_correct_"]
@@ -99,10 +102,13 @@ def bias_correct_(model: nn.Module, reference: nn.Module, calib: Batches) -> dic
         and (m.weight_quantizer is not None or m.input_quantizer is not None)
     ]
     float_means = _output_means(reference, names, calib)
+    replay = ProgressiveReplay(model, outer_blocks(model), [x for x, _ in calib])
     corrections = {}
     for name in names:
         layer = model.get_submodule(name)
-        delta = (float_means[name] - _layer_mean(model, layer, calib)).to(layer.weight.dtype)
+        with replay.before(name):
+            mean = _layer_mean(model, layer, calib)
+        delta = (float_means[name] - mean).to(layer.weight.dtype)
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros_like(delta))
         layer.bias.add_(delta)

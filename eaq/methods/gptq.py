@@ -38,6 +38,7 @@ per-channel granularities along an axis other than 0.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -49,8 +50,9 @@ from eaq.errors import EaqError
 from eaq.methods.bias_correction import bias_correct_
 from eaq.methods.folding import fold_batchnorm_
 from eaq.methods.registry import Batches, register_method
+from eaq.models.blocks import outer_blocks
 from eaq.nn import QuantConv2d, QuantLinear, QuantSummary, calibrate_, quantize_
-from eaq.nn.hooks import StopForward, forward_until_stopped, hooks_on
+from eaq.nn.hooks import ProgressiveReplay, StopForward, forward_until_stopped, hooks_on
 from eaq.plan import Plan
 from eaq.quant import PerChannel, PerGroup, Quantizer, choose_qparams
 from eaq.quant.primitives import _fake_quantize_impl
@@ -227,7 +229,9 @@ def gptq_(
 
     With ``sequential`` (the default), layers are rounded in module order and each layer's
     Hessian comes from the inputs it gets in the model as quantized so far: the earlier layers
-    already rounded and its own input quantized, as it will run. Without it, every Hessian
+    already rounded and its own input quantized, as it will run. Those passes replay the
+    outputs of the blocks already rounded (:class:`~eaq.nn.hooks.ProgressiveReplay`) instead
+    of recomputing them from the image. Without it, every Hessian
     comes from the float inputs of one calibration pass (cheaper: one pass instead of one per
     layer). With ``float_model`` (the model before quantization, same module names; sequential
     only), each layer's target is its output on the float model's input: the asymmetric
@@ -255,8 +259,12 @@ def gptq_(
 
     calibrate_(model, calib)
     model.eval()
+    images = [x for x, _ in calib]
+    replay = ProgressiveReplay(model, outer_blocks(model), images)
+    float_replay = None
     if float_model is not None:
         float_model.eval()
+        float_replay = ProgressiveReplay(float_model, outer_blocks(float_model), images)
     for name, layer in layers.items():
         float_input: list[Tensor] = []
 
@@ -275,11 +283,16 @@ def gptq_(
         hooks = [(layer, take)]
         if float_model is not None:
             hooks.append((float_model.get_submodule(name), take_float))
-        with hooks_on(hooks, pre=True):
-            for images, _ in calib:
+        replaying = [replay.before(name)]
+        if float_replay is not None:
+            replaying.append(float_replay.before(name))
+        with hooks_on(hooks, pre=True), contextlib.ExitStack() as stack:
+            for context in replaying:
+                stack.enter_context(context)
+            for x in images:
                 if float_model is not None:
-                    forward_until_stopped(float_model, images)
-                forward_until_stopped(model, images)
+                    forward_until_stopped(float_model, x)
+                forward_until_stopped(model, x)
         h = hessians[name]
         gptq_quantize_weight(layer, h.value(), D=h.correction(), **kwargs)
         hessians[name] = None

@@ -6,7 +6,8 @@ register hooks for one or more passes over calibration data and must remove them
 also when a pass fails; :func:`hooks_on` does that. A hook that has what it needs can raise
 :class:`StopForward` to cut the pass short; :func:`forward_until_stopped` runs such a pass.
 :class:`PrefixReplay` replaces whole blocks' forwards for a while (restored afterwards) by
-their recorded float outputs.
+their recorded float outputs; :class:`ProgressiveReplay` does the same for a model that a
+method changes layer by layer, recording each block once the method is past it.
 """
 
 from __future__ import annotations
@@ -161,25 +162,119 @@ class PrefixReplay:
         try:
             for b in self.blocks_before(name):
                 module = model.get_submodule(b)
-                module.forward = self._replayer(b)
+                module.forward = _replayer(b, self.block_outputs[b])
                 patched.append(module)
             yield
         finally:
             for module in patched:
                 del module.forward
 
-    def _replayer(self, block: str) -> Callable:
-        outputs = self.block_outputs[block]
-        calls = [0]
 
-        def forward(x, *args, **kwargs):
-            out = outputs[calls[0] % len(outputs)]
-            calls[0] += 1
-            if x.shape[0] != out.shape[0]:
-                raise EaqError(
-                    f"block {block} replays a batch of {out.shape[0]} for an input of "
-                    f"{x.shape[0]}: pass the recorded batches in their order"
-                )
-            return out.clone()
+class ProgressiveReplay:
+    """Replay the blocks that a layer-by-layer method is done with, recording each as it ends.
 
-        return forward
+    Sequential GPTQ and bias correction change a model one layer at a time, in the order the
+    layers run, and measure each layer in passes over the calibration batches that stop at it.
+    A block that ends before the current layer starts holds only finished layers, so its
+    output no longer changes. Inside ``with replay.before(name):``, the first pass over the
+    batches records the output of each such block not yet recorded, and the passes of later
+    layers replay it instead of computing it. A pass then computes the newest finished block
+    once and the current block up to the layer, not the whole prefix, and every value is the one
+    the whole prefix computes: the recorded outputs are the model's own, on the same batches in
+    the same order.
+
+    The order in which modules start and blocks end comes from one pass of ``model`` on the first
+    image of ``batches``. The recorded outputs stay in memory until the replay is dropped. A
+    block that returns something other than a tensor, or runs more than once a pass, is never
+    replayed, and the layers after it are measured on whole passes.
+    """
+
+    def __init__(self, model: nn.Module, blocks: Iterable[str], batches: list) -> None:
+        self.model = model
+        self.n_batches = len(batches)
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+        self.never: set[str] = set()  # blocks that cannot be replayed
+        started: dict[str, int] = {}
+        ended: dict[str, int] = {}
+        calls: dict[str, int] = {}
+        clock = [0]
+
+        def pre(name):
+            def hook(_m, _args):
+                if name not in started:
+                    started[name] = clock[0]
+                    clock[0] += 1
+
+            return hook
+
+        def post(name):
+            def hook(_m, _args, out):
+                calls[name] = calls.get(name, 0) + 1
+                if not torch.is_tensor(out):
+                    self.never.add(name)
+                if name not in ended:
+                    ended[name] = clock[0]
+                    clock[0] += 1
+
+            return hook
+
+        blocks = list(blocks)
+        if batches:
+            pairs = [(m, pre(n)) for n, m in model.named_modules() if n]
+            posts = [(model.get_submodule(b), post(b)) for b in blocks]
+            with torch.no_grad(), hooks_on(pairs, pre=True), hooks_on(posts):
+                model(batches[0][:1])
+        self.never |= {b for b in blocks if calls.get(b) != 1}
+        self.started = started
+        self.ended = {b: ended[b] for b in blocks if b in ended}
+
+    def finished_before(self, name: str) -> list[str]:
+        """The blocks that end before module ``name`` first starts."""
+        if name not in self.started:
+            raise EaqError(f"module {name} did not run in the recorded pass")
+        return [b for b, end in self.ended.items() if end < self.started[name]]
+
+    @contextlib.contextmanager
+    def before(self, name: str) -> Iterator[None]:
+        """Within the block, passes of the model over the batches, in order, start near ``name``."""
+        finished = [b for b in self.finished_before(name) if b not in self.never]
+        recording = {b: [] for b in finished if b not in self.outputs}
+        patched: list[nn.Module] = []
+
+        def keep(block):
+            def hook(_m, _args, out):
+                recording[block].append(out.clone())
+
+            return hook
+
+        try:
+            for b in finished:
+                if b in self.outputs:
+                    module = self.model.get_submodule(b)
+                    module.forward = _replayer(b, self.outputs[b])
+                    patched.append(module)
+            with hooks_on((self.model.get_submodule(b), keep(b)) for b in recording):
+                yield
+        finally:
+            for module in patched:
+                del module.forward
+        for b, outs in recording.items():
+            if len(outs) == self.n_batches:
+                self.outputs[b] = outs
+
+
+def _replayer(block: str, outputs: list[torch.Tensor]) -> Callable:
+    """A forward for ``block`` that returns its recorded outputs, one per call, in turn."""
+    calls = [0]
+
+    def forward(x, *args, **kwargs):
+        out = outputs[calls[0] % len(outputs)]
+        calls[0] += 1
+        if x.shape[0] != out.shape[0]:
+            raise EaqError(
+                f"block {block} replays a batch of {out.shape[0]} for an input of "
+                f"{x.shape[0]}: pass the recorded batches in their order"
+            )
+        return out.clone()
+
+    return forward

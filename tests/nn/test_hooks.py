@@ -141,3 +141,68 @@ def test_prefix_replay_leaves_out_a_block_that_runs_twice():
 
     replay = PrefixReplay.record(Twice().eval(), ["block"], [torch.randn(2, 4)])
     assert replay.blocks_before("head") == []
+
+
+def test_progressive_replay_replays_finished_blocks_of_a_model_that_changes():
+    """A method walks the layers in order, measures each on passes that stop at it, then changes
+    it. With the replay, each finished block is computed once more (when it is recorded) and the
+    measured inputs are exactly those of whole passes."""
+    import contextlib
+    import copy
+
+    from eaq.nn.hooks import ProgressiveReplay, StopForward, forward_until_stopped, hooks_on
+
+    torch.manual_seed(0)
+    batches = [torch.randn(5, 4), torch.randn(3, 4)]
+    layers = ["blocks.0", "blocks.1", "blocks.2", "head"]
+
+    def walk(net, replay):
+        seen = []
+        for name in layers:
+            layer = net.get_submodule(name)
+
+            def take(_m, args):
+                seen.append(args[0].clone())
+                raise StopForward
+
+            with replay(name), hooks_on([(layer, take)], pre=True), torch.no_grad():
+                for x in batches:
+                    forward_until_stopped(net, x)
+                layer.weight.mul_(0.5)  # the method changes the layer it measured
+        return seen
+
+    net = _Chain().eval()
+    whole_net = copy.deepcopy(net)
+    progressive = ProgressiveReplay(net, ["blocks.0", "blocks.1", "blocks.2"], batches)
+    assert progressive.finished_before("blocks.2") == ["blocks.0", "blocks.1"]
+    net.reset()
+    got = walk(net, progressive.before)
+    whole = walk(whole_net, lambda name: contextlib.nullcontext())
+    assert len(got) == len(whole) == 8
+    assert all(torch.equal(g, w) for g, w in zip(got, whole, strict=True))
+    # blocks 0 and 1 computed once each after they finished (to be recorded), block 2 once
+    assert net.counts() == [2, 2, 2] and whole_net.counts() == [6, 4, 2]
+    assert set(progressive.outputs) == {"blocks.0", "blocks.1", "blocks.2"}
+    assert net.blocks[0](batches[0]).shape == (5, 4) and net.counts()[0] == 3  # restored
+    with pytest.raises(EaqError, match="did not run"):
+        progressive.finished_before("nothing")
+
+
+def test_progressive_replay_never_replays_a_block_that_runs_twice():
+    from eaq.nn.hooks import ProgressiveReplay
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.block(self.block(x)))
+
+    net = Twice().eval()
+    replay = ProgressiveReplay(net, ["block"], [torch.randn(2, 4)])
+    assert replay.never == {"block"}
+    with replay.before("head"):
+        net(torch.randn(2, 4))
+    assert replay.outputs == {}
