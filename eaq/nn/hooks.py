@@ -114,33 +114,7 @@ class PrefixReplay:
     def record(cls, model: nn.Module, blocks: Iterable[str], batches: list) -> PrefixReplay:
         """Run ``model`` on each tensor of ``batches`` once; record what replaying needs."""
         blocks = list(blocks)
-        outputs: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
-        calls: dict[str, int] = dict.fromkeys(blocks, 0)
-        ended: dict[str, int] = {}
-        started: dict[str, int] = {}
-        clock = [0]
-
-        def pre(name):
-            def hook(_m, _args):
-                if name not in started:
-                    started[name] = clock[0]
-                    clock[0] += 1
-
-            return hook
-
-        def post(name):
-            def hook(_m, _args, out):
-                calls[name] += 1
-                outputs[name].append(out.clone() if torch.is_tensor(out) else None)
-                if name not in ended:
-                    ended[name] = clock[0]
-                    clock[0] += 1
-
-            return hook
-
-        pairs = [(m, pre(n)) for n, m in model.named_modules() if n]
-        with hooks_on(pairs, pre=True), hooks_on((model.get_submodule(b), post(b)) for b in blocks):
-            model_outputs = [model(x) for x in batches]
+        started, ended, calls, outputs, model_outputs = _traced_passes(model, blocks, batches)
         n = len(batches)
         kept = {
             b: outs
@@ -193,38 +167,12 @@ class ProgressiveReplay:
         self.model = model
         self.n_batches = len(batches)
         self.outputs: dict[str, list[torch.Tensor]] = {}
-        self.never: set[str] = set()  # blocks that cannot be replayed
-        started: dict[str, int] = {}
-        ended: dict[str, int] = {}
-        calls: dict[str, int] = {}
-        clock = [0]
-
-        def pre(name):
-            def hook(_m, _args):
-                if name not in started:
-                    started[name] = clock[0]
-                    clock[0] += 1
-
-            return hook
-
-        def post(name):
-            def hook(_m, _args, out):
-                calls[name] = calls.get(name, 0) + 1
-                if not torch.is_tensor(out):
-                    self.never.add(name)
-                if name not in ended:
-                    ended[name] = clock[0]
-                    clock[0] += 1
-
-            return hook
-
         blocks = list(blocks)
-        if batches:
-            pairs = [(m, pre(n)) for n, m in model.named_modules() if n]
-            posts = [(model.get_submodule(b), post(b)) for b in blocks]
-            with torch.no_grad(), hooks_on(pairs, pre=True), hooks_on(posts):
-                model(batches[0][:1])
-        self.never |= {b for b in blocks if calls.get(b) != 1}
+        started, ended, calls, outputs, _ = _traced_passes(
+            model, blocks, [batches[0][:1]] if batches else [], keep=False
+        )
+        # blocks that cannot be replayed: not run once, or not returning a tensor
+        self.never = {b for b in blocks if calls[b] != 1 or None in outputs[b]}
         self.started = started
         self.ended = {b: ended[b] for b in blocks if b in ended}
 
@@ -261,6 +209,50 @@ class ProgressiveReplay:
         for b, outs in recording.items():
             if len(outs) == self.n_batches:
                 self.outputs[b] = outs
+
+
+@torch.no_grad()
+def _traced_passes(
+    model: nn.Module, blocks: list[str], inputs: list, keep: bool = True
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, list], list]:
+    """Run ``model`` on each of ``inputs``, watching it.
+
+    Returns the clock at which each module first started and each of ``blocks`` first ended,
+    each block's number of calls, its outputs (copies with ``keep``; ``None`` for an output that
+    is not a tensor) and the model's outputs.
+    """
+    outputs: dict[str, list] = {b: [] for b in blocks}
+    calls = dict.fromkeys(blocks, 0)
+    started: dict[str, int] = {}
+    ended: dict[str, int] = {}
+    clock = [0]
+
+    def pre(name):
+        def hook(_m, _args):
+            if name not in started:
+                started[name] = clock[0]
+                clock[0] += 1
+
+        return hook
+
+    def post(name):
+        def hook(_m, _args, out):
+            calls[name] += 1
+            if not torch.is_tensor(out):
+                outputs[name].append(None)
+            elif keep:
+                outputs[name].append(out.clone())
+            if name not in ended:
+                ended[name] = clock[0]
+                clock[0] += 1
+
+        return hook
+
+    pairs = [(m, pre(n)) for n, m in model.named_modules() if n]
+    posts = [(model.get_submodule(b), post(b)) for b in blocks]
+    with hooks_on(pairs, pre=True), hooks_on(posts):
+        model_outputs = [model(x) for x in inputs]
+    return started, ended, calls, outputs, model_outputs
 
 
 def _replayer(block: str, outputs: list[torch.Tensor]) -> Callable:

@@ -11,22 +11,11 @@ from torch import nn
 from eaq.methods import quantize_model_
 from eaq.nn.hooks import ProgressiveReplay
 from eaq.plan import Plan
-
-
-def _resnet20() -> nn.Module:
-    from eaq.models import create_model
-
-    torch.manual_seed(0)
-    return create_model("resnet20_cifar", weights="random").eval()
+from tests.small_models import resnet20, vit
 
 
 def _vit_6_blocks() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=8, patch_size=4, num_classes=5, embed_dim=16, depth=6, num_heads=2
-    ).eval()
+    return vit(depth=6)
 
 
 def _calib(n_batches=2):
@@ -43,7 +32,7 @@ def _block_type(model: nn.Module) -> type[nn.Module]:
     return next(type(m) for m in model.modules() if isinstance(m, BLOCK_TYPES))
 
 
-@pytest.mark.parametrize("build", [_resnet20, _vit_6_blocks])
+@pytest.mark.parametrize("build", [resnet20, _vit_6_blocks])
 @pytest.mark.parametrize(
     "method, options",
     [

@@ -13,6 +13,7 @@ from eaq.errors import EaqError
 from eaq.mixed import Sensitivity, candidate_grid, layer_sensitivity
 from eaq.nn import calibrate_, quantize_
 from eaq.plan import LayerConfig, Plan
+from tests.small_models import resnet20, vit
 
 
 def _tiny() -> nn.Module:
@@ -106,28 +107,14 @@ def test_kl_measure_and_round_trip():
 
 
 def _tiny_vit() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=8, patch_size=4, num_classes=5, embed_dim=16, depth=1, num_heads=2
-    ).eval()
-
-
-def _resnet20() -> nn.Module:
-    from eaq.models import create_model
-
-    torch.manual_seed(0)
-    return create_model("resnet20_cifar", weights="random").eval()
+    return vit(depth=1)
 
 
 def _vit_2_blocks() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
+    return vit(depth=2)
 
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=8, patch_size=4, num_classes=5, embed_dim=16, depth=2, num_heads=2
-    ).eval()
+
+_resnet20 = resnet20
 
 
 @pytest.mark.parametrize("build", [_tiny, _tiny_vit, _vit_2_blocks, _resnet20])

@@ -127,19 +127,22 @@ def test_prefix_replay_skips_the_blocks_before_a_layer_and_changes_no_value():
         replay.blocks_before("nothing")
 
 
+class _Twice(nn.Module):
+    """A model whose 'block' runs twice a pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(x)))
+
+
 def test_prefix_replay_leaves_out_a_block_that_runs_twice():
     from eaq.nn.hooks import PrefixReplay
 
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.block = nn.Linear(4, 4)
-            self.head = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.head(self.block(self.block(x)))
-
-    replay = PrefixReplay.record(Twice().eval(), ["block"], [torch.randn(2, 4)])
+    replay = PrefixReplay.record(_Twice().eval(), ["block"], [torch.randn(2, 4)])
     assert replay.blocks_before("head") == []
 
 
@@ -191,16 +194,7 @@ def test_progressive_replay_replays_finished_blocks_of_a_model_that_changes():
 def test_progressive_replay_never_replays_a_block_that_runs_twice():
     from eaq.nn.hooks import ProgressiveReplay
 
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.block = nn.Linear(4, 4)
-            self.head = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.head(self.block(self.block(x)))
-
-    net = Twice().eval()
+    net = _Twice().eval()
     replay = ProgressiveReplay(net, ["block"], [torch.randn(2, 4)])
     assert replay.never == {"block"}
     with replay.before("head"):
