@@ -283,12 +283,8 @@ def gptq_(
         hooks = [(layer, take)]
         if float_model is not None:
             hooks.append((float_model.get_submodule(name), take_float))
-        replaying = [replay.before(name)]
-        if float_replay is not None:
-            replaying.append(float_replay.before(name))
-        with hooks_on(hooks, pre=True), contextlib.ExitStack() as stack:
-            for context in replaying:
-                stack.enter_context(context)
+        float_replaying = float_replay.before(name) if float_replay else contextlib.nullcontext()
+        with hooks_on(hooks, pre=True), replay.before(name), float_replaying:
             for x in images:
                 if float_model is not None:
                     forward_until_stopped(float_model, x)

@@ -125,9 +125,7 @@ class PrefixReplay:
 
     def blocks_before(self, name: str) -> list[str]:
         """The recorded blocks that end before module ``name`` first starts."""
-        if name not in self.started:
-            raise EaqError(f"module {name} did not run in the recorded pass")
-        return [b for b, end in self.ended.items() if end < self.started[name]]
+        return _ended_before(self.started, self.ended, name)
 
     @contextlib.contextmanager
     def skipping(self, model: nn.Module, name: str) -> Iterator[None]:
@@ -178,9 +176,7 @@ class ProgressiveReplay:
 
     def finished_before(self, name: str) -> list[str]:
         """The blocks that end before module ``name`` first starts."""
-        if name not in self.started:
-            raise EaqError(f"module {name} did not run in the recorded pass")
-        return [b for b, end in self.ended.items() if end < self.started[name]]
+        return _ended_before(self.started, self.ended, name)
 
     @contextlib.contextmanager
     def before(self, name: str) -> Iterator[None]:
@@ -253,6 +249,13 @@ def _traced_passes(
     with hooks_on(pairs, pre=True), hooks_on(posts):
         model_outputs = [model(x) for x in inputs]
     return started, ended, calls, outputs, model_outputs
+
+
+def _ended_before(started: dict[str, int], ended: dict[str, int], name: str) -> list[str]:
+    """The blocks of ``ended`` whose recorded pass ended them before module ``name`` started."""
+    if name not in started:
+        raise EaqError(f"module {name} did not run in the recorded pass")
+    return [b for b, end in ended.items() if end < started[name]]
 
 
 def _replayer(block: str, outputs: list[torch.Tensor]) -> Callable:
