@@ -31,12 +31,14 @@ KEY = ("model", "width", "peer", "recipe")
 MARGIN = 0.3  # points: "beats eaq" / "equal accuracy" in the notes
 # The stored eaq studies whose configurations make each model's Pareto plot: those that run
 # the presets and plain PTQ at the peers' widths with 3 seeds, on all test images (below 4 bits,
-# the plain-PTQ points near 0% would squeeze the rest into a line).
+# the plain-PTQ points near 0% would squeeze the rest into a line), and those in the peers' own
+# setting of 256 calibration images.
 FRONTS = {
     "resnet18_cifar": (
         "ptq-targets-cifar100.json",
         "ptq-widths-cifar100.json",
         "gptq-w4a8-cifar100.json",
+        "resnet18-cifar100-peer-setting.json",
     ),
     "deit_tiny_cifar": (
         "ptq-targets-cifar100.json",
