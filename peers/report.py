@@ -45,6 +45,7 @@ FRONTS = {
         "ptq-widths-cifar100.json",
         "deit-tiny-cifar100-noattn-widths.json",
         "deit-tiny-cifar100-noattn-gptq.json",
+        "deit-tiny-cifar100-peer-setting.json",
     ),
     "mobilenetv2_cifar": ("mobilenetv2-cifar100.json",),
     "resnet20_cifar": ("resnet20-cifar10-widths.json", "gptq-w4a8-resnet20-cifar10.json"),

@@ -317,12 +317,18 @@ def pareto_plot(summary: list[dict], model: str, folder: Path, peers: Sequence[d
         lw=1,
         label="Pareto front",
     )
-    for k, i in enumerate(front):  # labels alternate above and below the front to stay legible
+    xs = [r["relative_energy"] for r in rs]
+    middle = (min(xs) + max(xs)) / 2 if xs else 0.0
+    for k, i in enumerate(front):
+        # Labels alternate above and below the front to stay legible; those in the right half
+        # end at their point, so that a long name stays inside the axes.
+        right = rs[i]["relative_energy"] > middle
         ax.annotate(
             rs[i]["config"],
             (rs[i]["relative_energy"], rs[i]["top1_mean"]),
-            xytext=(4, 8 if k % 2 == 0 else -14),
+            xytext=(-4 if right else 4, 8 if k % 2 == 0 else -14),
             textcoords="offset points",
+            ha="right" if right else "left",
             fontsize=7,
         )
     for peer in sorted({p["peer"] for p in peers if p["model"] == model}):
