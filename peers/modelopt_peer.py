@@ -24,8 +24,9 @@ PACKAGE = "nvidia-modelopt"
 RECIPES = {
     "default": "INT8_DEFAULT_CFG narrowed to the width, algorithm max (absolute maxima)",
     "mse": "the same quantizers, algorithm mse (MSE-searched weight ranges)",
-    "gptq": "the same quantizers, algorithm gptq (sequential, quantized inputs from the "
-    "layer before)",
+    "gptq": "the same quantizers, algorithm gptq at its defaults (layerwise off: max ranges, "
+    "then every Linear layer's Hessian from one pass with float weights and quantized inputs, "
+    "all layers rounded at once)",
 }
 
 
