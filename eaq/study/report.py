@@ -309,7 +309,8 @@ def pareto_plot(summary: list[dict], model: str, folder: Path, peers: Sequence[d
             capsize=2,
             alpha=0.8,
         )
-    front = pareto_front([r["relative_energy"] for r in rs], [r["top1_mean"] for r in rs])
+    xs = [r["relative_energy"] for r in rs]
+    front = pareto_front(xs, [r["top1_mean"] for r in rs])
     ax.plot(
         [rs[i]["relative_energy"] for i in front],
         [rs[i]["top1_mean"] for i in front],
@@ -317,7 +318,6 @@ def pareto_plot(summary: list[dict], model: str, folder: Path, peers: Sequence[d
         lw=1,
         label="Pareto front",
     )
-    xs = [r["relative_energy"] for r in rs]
     middle = (min(xs) + max(xs)) / 2 if xs else 0.0
     for k, i in enumerate(front):
         # Labels alternate above and below the front to stay legible; those in the right half
